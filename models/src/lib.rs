@@ -1,0 +1,4 @@
+//! Everything needed to *run* Stemmark's models (no training code): the signal spec, STFT,
+//! resampling, keys and payload codec, the decision rule and the ONNX Runtime sessions.
+
+pub mod spec;

@@ -1,0 +1,66 @@
+//! The signal contract: the one place for every number that training, export and runtime share.
+
+/// Sample rate the models run at. Other rates are resampled to this and back.
+pub const SAMPLE_RATE: u32 = 44_100;
+/// One watermark block: 2 s at 44.1 kHz. Block k covers samples [k·BLOCK, (k+1)·BLOCK).
+pub const BLOCK: usize = 88_200;
+/// STFT size (Hann window of this length, periodic).
+pub const N_FFT: usize = 1024;
+/// STFT hop. 88 200 = 360 · 245, so every block holds a whole number of frames and frame
+/// centres fall on the block grid: frame j of the signal is centred on sample j·HOP.
+pub const HOP: usize = 245;
+/// Frequency bins of the one-sided spectrum.
+pub const BINS: usize = N_FFT / 2 + 1;
+/// STFT frames whose centres lie inside one block.
+pub const FRAMES_PER_BLOCK: usize = BLOCK / HOP;
+/// Message bits per block (payload + integrity check).
+pub const MESSAGE_BITS: usize = 32;
+/// Bits of the user payload carried in each block.
+pub const PAYLOAD_BITS: usize = 24;
+/// Bits of the integrity check (CRC-8) that complete the message.
+pub const CHECK_BITS: usize = MESSAGE_BITS - PAYLOAD_BITS;
+/// Width of the ±1 key vector the networks are conditioned on.
+pub const KEY_DIM: usize = 64;
+/// Length of a secret key in bytes (128 bits).
+pub const KEY_BYTES: usize = 16;
+/// Stems the separator produces, in output order.
+pub const STEM_NAMES: [&str; 2] = ["foreground", "background"];
+/// Loudness every stem is normalised to before mixing (the paper's −16 LUFS).
+pub const STEM_LUFS: f64 = -16.0;
+/// Length of a training clip in samples (20 s).
+pub const CLIP: usize = 20 * SAMPLE_RATE as usize;
+
+const _: () = assert!(BLOCK % HOP == 0, "frames must tile a block exactly");
+const _: () = assert!(PAYLOAD_BITS + CHECK_BITS == MESSAGE_BITS);
+
+/// The same facts as a value, for manifests and for checking a model against the build.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SignalSpec {
+    pub sample_rate: u32,
+    pub block: usize,
+    pub n_fft: usize,
+    pub hop: usize,
+    pub message_bits: usize,
+    pub payload_bits: usize,
+    pub key_dim: usize,
+    pub stems: usize,
+}
+
+impl SignalSpec {
+    /// The spec this build was compiled with.
+    pub const CURRENT: SignalSpec = SignalSpec {
+        sample_rate: SAMPLE_RATE,
+        block: BLOCK,
+        n_fft: N_FFT,
+        hop: HOP,
+        message_bits: MESSAGE_BITS,
+        payload_bits: PAYLOAD_BITS,
+        key_dim: KEY_DIM,
+        stems: STEM_NAMES.len(),
+    };
+}
+
+/// Seconds → samples at the model rate.
+pub fn seconds(s: f64) -> usize {
+    (s * SAMPLE_RATE as f64).round() as usize
+}

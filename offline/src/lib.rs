@@ -1,0 +1,3 @@
+//! File tools, corpus, evaluation and training for the `stemmark` command line.
+
+pub mod audio;

@@ -1,0 +1,1 @@
+//! Stemmark Embed and Stemmark Detect.
