@@ -2,3 +2,6 @@
 //! resampling, keys and payload codec, the decision rule and the ONNX Runtime sessions.
 
 pub mod spec;
+pub mod keys;
+pub mod payload;
+pub mod decision;
