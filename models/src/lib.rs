@@ -5,3 +5,6 @@ pub mod spec;
 pub mod keys;
 pub mod payload;
 pub mod decision;
+pub mod contract;
+pub mod manifest;
+pub mod runtime;
