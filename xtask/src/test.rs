@@ -1,0 +1,23 @@
+//! `cargo xtask test`: everything CI runs, from a fresh clone.
+
+use std::process::Command;
+
+use anyhow::{Result, bail};
+
+use crate::setup;
+
+pub fn main(args: &[String]) -> Result<()> {
+    if let Some(bad) = args.first() {
+        bail!("unknown test option {bad:?} (usage: cargo xtask test)");
+    }
+    let lib = setup::install_ort(false)?;
+    // The host tests load the built bundles, so build them first.
+    crate::bundle::run(vec!["stemmark-plugin".into()])?;
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    setup::run(
+        Command::new(cargo)
+            .current_dir(setup::root())
+            .env("STEMMARK_ORT_LIB", &lib)
+            .args(["test", "--workspace", "--no-fail-fast"]),
+    )
+}
