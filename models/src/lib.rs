@@ -2,9 +2,15 @@
 //! resampling, keys and payload codec, the decision rule and the ONNX Runtime sessions.
 
 pub mod spec;
+pub mod stft;
+pub mod resample;
 pub mod keys;
 pub mod payload;
 pub mod decision;
 pub mod contract;
 pub mod manifest;
 pub mod runtime;
+pub mod modelset;
+pub mod embedder;
+pub mod detector;
+pub mod separator;

@@ -64,3 +64,9 @@ impl SignalSpec {
 pub fn seconds(s: f64) -> usize {
     (s * SAMPLE_RATE as f64).round() as usize
 }
+
+/// The separator runs on segments of this many samples (8 s), overlapped and cross-faded, so long
+/// inputs need bounded memory and every output sample has context on both sides.
+pub const SEPARATOR_SEGMENT: usize = 4 * BLOCK;
+/// Overlap between consecutive separator segments (1 s), cross-faded linearly.
+pub const SEPARATOR_OVERLAP: usize = BLOCK / 2;

@@ -1,0 +1,184 @@
+//! DSP speed table for `stemmark bench`: STFT/iSTFT and resampling on 60 s of stereo audio.
+//! Meaningful only from a release build.
+
+use std::time::Instant;
+
+use stemmark_models::resample::{StreamResampler, resample_planar};
+use stemmark_models::spec::SAMPLE_RATE;
+use stemmark_models::stft::{Complex32, Stft, StreamingIstft, StreamingStft};
+
+/// Seconds of audio every task processes.
+const SECONDS: usize = 60;
+/// Timed repetitions per task; the median is reported.
+const REPEATS: usize = 5;
+/// Host buffer sizes cycled through by the streaming tasks (hosts change size between calls).
+const HOST_CHUNKS: [usize; 8] = [512, 64, 1024, 333, 1, 0, 700, 128];
+/// Host rates whose round trip through the model rate is measured.
+const HOST_RATES: [u32; 5] = [48_000, 96_000, 192_000, 22_050, 8_000];
+
+/// Deterministic test signal: a few partials plus white noise, in [-1, 1].
+fn signal(len: usize, rate: u32, seed: u64) -> Vec<f32> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|n| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let noise = (state >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0;
+            let t = n as f32 / rate as f32;
+            let tone = (std::f32::consts::TAU * 440.0 * t).sin()
+                + 0.5 * (std::f32::consts::TAU * 3150.0 * t).sin();
+            0.4 * tone + 0.1 * noise
+        })
+        .collect()
+}
+
+fn stereo(rate: u32) -> [Vec<f32>; 2] {
+    let len = SECONDS * rate as usize;
+    [signal(len, rate, 1), signal(len, rate, 2)]
+}
+
+/// Median wall time of `REPEATS` runs of `f`.
+fn median_secs(mut f: impl FnMut() -> anyhow::Result<()>) -> anyhow::Result<f64> {
+    let mut times = Vec::with_capacity(REPEATS);
+    for _ in 0..REPEATS {
+        let t = Instant::now();
+        f()?;
+        times.push(t.elapsed().as_secs_f64());
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(times[REPEATS / 2])
+}
+
+fn stft_whole(x: &[Vec<f32>; 2]) -> anyhow::Result<()> {
+    let mut stft = Stft::new();
+    for ch in x {
+        let s = stft.forward(ch);
+        std::hint::black_box(stft.inverse(&s, ch.len()));
+    }
+    Ok(())
+}
+
+fn stft_streaming(x: &[Vec<f32>; 2]) -> anyhow::Result<()> {
+    for ch in x {
+        let (mut ana, mut syn) = (StreamingStft::new(), StreamingIstft::new());
+        let mut out = Vec::with_capacity(ch.len() + 2048);
+        let mut result = Ok(());
+        let mut feed = |j: usize, bins: &[Complex32]| {
+            if result.is_ok() {
+                result = syn.push_frame(j, bins, |_, s| out.extend_from_slice(s));
+            }
+        };
+        let mut pos = 0;
+        for &n in HOST_CHUNKS.iter().cycle() {
+            if pos == ch.len() {
+                break;
+            }
+            let n = n.min(ch.len() - pos);
+            ana.push(&ch[pos..pos + n], &mut feed);
+            pos += n;
+        }
+        ana.flush(&mut feed);
+        result?;
+        syn.flush(|_, s| out.extend_from_slice(s));
+        std::hint::black_box(&out);
+    }
+    Ok(())
+}
+
+fn resample_whole(x: &[Vec<f32>; 2], host: u32) -> anyhow::Result<()> {
+    let model = resample_planar(&x[..], host, SAMPLE_RATE)?;
+    std::hint::black_box(resample_planar(&model, SAMPLE_RATE, host)?);
+    Ok(())
+}
+
+/// Host → model → host through two streaming resamplers, in host-sized pieces.
+fn resample_streaming(x: &[Vec<f32>; 2], host: u32) -> anyhow::Result<()> {
+    let max_chunk = *HOST_CHUNKS.iter().max().unwrap_or(&1);
+    let mut down = StreamResampler::new(host, SAMPLE_RATE, 2)?;
+    let mut up = StreamResampler::new(SAMPLE_RATE, host, 2)?;
+    let mid_len = down.max_output_len(max_chunk).max(down.max_flush_len());
+    let out_len = up.max_output_len(mid_len).max(up.max_flush_len());
+    let mut mid = vec![vec![0.0f32; mid_len]; 2];
+    let mut out = vec![vec![0.0f32; out_len]; 2];
+    let mut total = 0usize;
+    let mut pos = 0;
+    for &n in HOST_CHUNKS.iter().cycle() {
+        if pos == x[0].len() {
+            break;
+        }
+        let n = n.min(x[0].len() - pos);
+        let m = down.push(&[&x[0][pos..pos + n], &x[1][pos..pos + n]], &mut mid)?;
+        total += up.push(&[&mid[0][..m], &mid[1][..m]], &mut out)?;
+        pos += n;
+    }
+    let m = down.flush(&mut mid)?;
+    total += up.push(&[&mid[0][..m], &mid[1][..m]], &mut out)?;
+    total += up.flush(&mut out)?;
+    std::hint::black_box((total, &out));
+    Ok(())
+}
+
+/// Measures the DSP front end and returns a Markdown table:
+/// task | audio seconds | wall seconds | × real time.
+pub fn dsp_table() -> anyhow::Result<String> {
+    let mut rows: Vec<(String, f64)> = Vec::new();
+    let model = stereo(SAMPLE_RATE);
+    rows.push((
+        "STFT + iSTFT, whole buffer, stereo 44.1 kHz".into(),
+        median_secs(|| stft_whole(&model))?,
+    ));
+    rows.push((
+        "STFT → iSTFT, streaming (host-sized pushes), stereo 44.1 kHz".into(),
+        median_secs(|| stft_streaming(&model))?,
+    ));
+    drop(model);
+    for host in HOST_RATES {
+        let x = stereo(host);
+        let k = host as f64 / 1000.0;
+        rows.push((
+            format!("resample {k} k → 44.1 k → {k} k, whole buffer, stereo"),
+            median_secs(|| resample_whole(&x, host))?,
+        ));
+        rows.push((
+            format!("resample {k} k → 44.1 k → {k} k, streaming (host-sized pushes), stereo"),
+            median_secs(|| resample_streaming(&x, host))?,
+        ));
+    }
+    let mut table = String::from(
+        "| task | audio seconds | wall seconds | × real time |\n|---|---:|---:|---:|\n",
+    );
+    for (task, wall) in rows {
+        let audio = SECONDS as f64;
+        table.push_str(&format!(
+            "| {task} | {audio:.0} | {wall:.4} | {:.0} |\n",
+            audio / wall
+        ));
+    }
+    if cfg!(debug_assertions) {
+        table.push_str("\n(debug build: timings are not representative; use --release)\n");
+    }
+    Ok(table)
+}
+
+#[cfg(test)]
+mod tests {
+    /// `cargo test -p stemmark-offline --release --lib bench -- --ignored --nocapture`
+    #[test]
+    #[ignore = "benchmark; run in release"]
+    fn print_dsp_table() {
+        println!("{}", super::dsp_table().unwrap());
+    }
+
+    #[test]
+    fn streaming_tasks_run_on_short_input() {
+        let x = [
+            super::signal(5000, 48_000, 1),
+            super::signal(5000, 48_000, 2),
+        ];
+        super::resample_streaming(&x, 48_000).unwrap();
+        super::resample_whole(&x, 48_000).unwrap();
+        super::stft_streaming(&x).unwrap();
+        super::stft_whole(&x).unwrap();
+    }
+}

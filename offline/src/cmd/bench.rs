@@ -1,0 +1,62 @@
+//! `stemmark bench`: speed of the DSP front end and (when models are present) the models, as
+//! multiples of real time, measured side by side in one run.
+
+use std::time::Instant;
+
+use anyhow::Result;
+use stemmark_models::detector::Detector;
+use stemmark_models::embedder::Embedder;
+use stemmark_models::keys::Key;
+use stemmark_models::separator::Separator;
+use stemmark_models::spec::SAMPLE_RATE;
+
+use super::ModelOpts;
+
+/// Seconds of audio the model rows process.
+const MODEL_SECONDS: usize = 20;
+
+pub fn run(opts: &ModelOpts) -> Result<()> {
+    println!("{}", crate::bench::dsp_table()?);
+    match opts.prepare() {
+        Ok(dir) => println!("{}", model_table(&dir, opts)?),
+        Err(e) => println!("(model rows skipped: {e:#})"),
+    }
+    Ok(())
+}
+
+fn model_table(dir: &std::path::Path, opts: &ModelOpts) -> Result<String> {
+    let n = MODEL_SECONDS * SAMPLE_RATE as usize;
+    // A deterministic broadband test signal: sum of detuned sines plus a little noise.
+    let x: Vec<f32> = (0..n)
+        .map(|i| {
+            let t = i as f32 / SAMPLE_RATE as f32;
+            0.2 * (2.0 * std::f32::consts::PI * 220.0 * t).sin()
+                + 0.1 * (2.0 * std::f32::consts::PI * 1333.0 * t).sin()
+                + 0.01 * ((i.wrapping_mul(2_654_435_761) % 1000) as f32 / 500.0 - 1.0)
+        })
+        .collect();
+    let stereo = vec![x.clone(), x.clone()];
+    let key = Key::from_bytes([1; 16], "bench");
+    let mut rows = Vec::new();
+    let mut emb = Embedder::open(dir, opts.provider)?;
+    let t = Instant::now();
+    emb.embed(&stereo, &key, 1, 1.0, &mut |_, _| {})?;
+    rows.push(("embed (stereo, blocks + STFT)", t.elapsed().as_secs_f64()));
+    let mut det = Detector::open(dir, opts.provider)?;
+    let t = Instant::now();
+    det.detect(&x, std::slice::from_ref(&key), stemmark_models::detector::Alignment::Fixed(0))?;
+    rows.push(("detect, one key, known grid", t.elapsed().as_secs_f64()));
+    let mut sep = Separator::open(dir, opts.provider)?;
+    let t = Instant::now();
+    sep.separate(&stereo, &mut |_, _| {})?;
+    rows.push(("separate (stereo)", t.elapsed().as_secs_f64()));
+    let mut out = format!(
+        "| model task ({} provider, models in {}) | audio s | wall s | × real time |\n|---|---:|---:|---:|\n",
+        opts.provider,
+        dir.display()
+    );
+    for (name, secs) in rows {
+        out += &format!("| {name} | {MODEL_SECONDS} | {secs:.3} | {:.1} |\n", MODEL_SECONDS as f64 / secs);
+    }
+    Ok(out)
+}

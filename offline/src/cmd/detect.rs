@@ -1,0 +1,168 @@
+//! `stemmark detect`: reads every key's mark from a file, on two paths — the file itself and each
+//! stem the separator pulls out of it — and reports which stem carries which payload.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use serde::Serialize;
+use stemmark_models::decision::Verdict;
+use stemmark_models::detector::{Alignment, Detector, KeyReport};
+use stemmark_models::separator::Separator;
+use stemmark_models::spec::{BLOCK, SAMPLE_RATE, STEM_NAMES};
+
+use super::{KeyOpts, ModelOpts, load_for_models, progress, tick};
+use crate::audio::Audio;
+
+/// Exit code when the command worked but found no mark.
+pub const EXIT_NOTHING_FOUND: i32 = 3;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Mix or stem to read (WAV, FLAC, MP3, OGG; any rate)
+    pub input: PathBuf,
+    #[command(flatten)]
+    pub keys: KeyOpts,
+    /// Read only the file itself, without separating it into stems
+    #[arg(long)]
+    pub no_separate: bool,
+    /// Block grid offset in samples at 44.1 kHz (0 for a bounce from timeline zero) instead of
+    /// searching for it
+    #[arg(long)]
+    pub offset: Option<usize>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Reading {
+    /// "mix" (the file as given) or "separated"
+    pub path: &'static str,
+    /// Separated stem name, for the separated path
+    pub stem: Option<&'static str>,
+    #[serde(flatten)]
+    pub report: KeyReport,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Found {
+    pub key: String,
+    pub fingerprint: String,
+    pub payload: u32,
+    /// Where it was read: "mix" and/or separated stem names
+    pub read_on: Vec<String>,
+    /// Smallest false-positive rate among those readings
+    pub false_positive_rate: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub file: PathBuf,
+    pub seconds: f64,
+    pub full_blocks: usize,
+    pub provider: String,
+    pub found: Vec<Found>,
+    pub readings: Vec<Reading>,
+    /// Why nothing could be read, when that is known (silence, too short)
+    pub note: Option<String>,
+}
+
+pub fn run(args: Args, opts: &ModelOpts, json: bool) -> Result<i32> {
+    let keys = args.keys.load()?;
+    let (audio, _) = load_for_models(&args.input)?;
+    let dir = opts.prepare()?;
+    let mut det = Detector::open(&dir, opts.provider)?;
+    let align = args.offset.map_or(Alignment::Search, Alignment::Fixed);
+    let mut readings = Vec::new();
+    let mut note = None;
+    if audio.len() < BLOCK {
+        note = Some(format!("the audio is {:.2} s long, shorter than one 2 s block", audio.seconds()));
+    } else if audio.peak() == 0.0 {
+        note = Some("the audio is digital silence".into());
+    } else {
+        let pb = progress("detect");
+        for report in det.detect(&audio.mid(), &keys, align)? {
+            readings.push(Reading { path: "mix", stem: None, report });
+        }
+        if !args.no_separate {
+            let mut sep = Separator::open(&dir, opts.provider)?;
+            pb.set_message("separate");
+            let stems = sep.separate(&audio.channels, &mut tick(&pb))?;
+            pb.set_message("detect");
+            for (name, stem) in STEM_NAMES.iter().zip(stems) {
+                let mid = Audio::new(SAMPLE_RATE, stem).mid();
+                for report in det.detect(&mid, &keys, align)? {
+                    readings.push(Reading { path: "separated", stem: Some(name), report });
+                }
+            }
+        }
+        pb.finish_and_clear();
+    }
+    let report = Report {
+        file: args.input.clone(),
+        seconds: audio.seconds(),
+        full_blocks: audio.len() / BLOCK,
+        provider: det.provider().to_string(),
+        found: summarise(&readings),
+        readings,
+        note,
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_table(&report);
+    }
+    Ok(if report.found.is_empty() { EXIT_NOTHING_FOUND } else { 0 })
+}
+
+fn summarise(readings: &[Reading]) -> Vec<Found> {
+    let mut found: Vec<Found> = Vec::new();
+    for r in readings.iter().filter(|r| r.report.decision.verdict == Verdict::Found) {
+        let payload = r.report.decision.payload.expect("found has a payload");
+        let place = r.stem.unwrap_or("mix").to_string();
+        match found.iter_mut().find(|f| f.fingerprint == r.report.fingerprint && f.payload == payload) {
+            Some(f) => {
+                f.read_on.push(place);
+                f.false_positive_rate = f.false_positive_rate.min(r.report.decision.false_positive_rate);
+            }
+            None => found.push(Found {
+                key: r.report.key.clone(),
+                fingerprint: r.report.fingerprint.clone(),
+                payload,
+                read_on: vec![place],
+                false_positive_rate: r.report.decision.false_positive_rate,
+            }),
+        }
+    }
+    found
+}
+
+fn print_table(r: &Report) {
+    println!("{}: {:.1} s, {} full blocks, {} provider", r.file.display(), r.seconds, r.full_blocks, r.provider);
+    if !r.readings.is_empty() {
+        println!("{:<12} {:<16} {:<10} {:>9} {:>7} {:>10} {:>7}", "read on", "key", "verdict", "payload", "z", "FP rate", "blocks");
+        for x in &r.readings {
+            let d = &x.report.decision;
+            println!(
+                "{:<12} {:<16} {:<10} {:>9} {:>7.2} {:>10.1e} {:>7}",
+                x.stem.unwrap_or("mix"),
+                x.report.key,
+                format!("{:?}", d.verdict).to_lowercase(),
+                d.payload.map_or("-".into(), |p| p.to_string()),
+                d.z,
+                d.false_positive_rate,
+                d.blocks
+            );
+        }
+    }
+    if r.found.is_empty() {
+        println!("no Stemmark watermark found{}", r.note.as_ref().map_or(String::new(), |n| format!(" ({n})")));
+    }
+    for f in &r.found {
+        println!(
+            "FOUND payload {} with key {:?} ({}) on {} (false-positive rate ≤ {:.1e})",
+            f.payload,
+            f.key,
+            f.fingerprint,
+            f.read_on.join(", "),
+            f.false_positive_rate
+        );
+    }
+}

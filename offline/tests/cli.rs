@@ -1,0 +1,173 @@
+//! The `stemmark` command line on files: the plumbing pipeline, exit codes, and bad input.
+//! Models here are random-weight plumbing models (contract-exact); they test wiring, not marks.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use stemmark_offline::audio::{self, Audio};
+use stemmark_offline::testkit;
+
+struct Env {
+    dir: tempfile::TempDir,
+    models: PathBuf,
+}
+
+fn env() -> Env {
+    let dir = tempfile::tempdir().unwrap();
+    let models = dir.path().join("models");
+    testkit::plumbing_model_dir(&models, 7).unwrap();
+    Env { dir, models }
+}
+
+impl Env {
+    fn p(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_stemmark"))
+            .arg("--models")
+            .arg(&self.models)
+            .args(args)
+            .output()
+            .expect("stemmark runs")
+    }
+
+    fn write(&self, name: &str, a: &Audio) -> String {
+        let p = self.p(name);
+        audio::write_wav(&p, a).unwrap();
+        p.display().to_string()
+    }
+
+    fn key(&self, name: &str) -> String {
+        let p = self.p(&format!("{name}.key"));
+        let o = self.run(&["keygen", p.to_str().unwrap(), "--name", name]);
+        assert!(o.status.success(), "{}", text(&o));
+        p.display().to_string()
+    }
+}
+
+fn text(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+fn json(o: &Output) -> serde_json::Value {
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", text(o)))
+}
+
+fn only_file(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect()
+}
+
+#[test]
+fn embed_mix_separate_detect_round_through_the_cli() {
+    let e = env();
+    let (ka, kb) = (e.key("vocals"), e.key("band"));
+    let a = e.write("a.wav", &testkit::music_like(48_000, 6.5, 1));
+    // stems at different rates: the mix takes the first stem's rate (44.1 kHz here), so the
+    // separated stems can be compared with it without a resampling round trip
+    let b = e.write("b.wav", &testkit::music_like(44_100, 6.5, 2));
+    let (ma, mb, mix) = (e.p("ma.wav"), e.p("mb.wav"), e.p("mix.wav"));
+    for (inp, out, k, pl) in [(&a, &ma, &ka, "1234"), (&b, &mb, &kb, "99")] {
+        let o = e.run(&["--json", "embed", inp, out.to_str().unwrap(), "--key", k, "--payload", pl]);
+        assert!(o.status.success(), "{}", text(&o));
+        assert_eq!(json(&o)["blocks"], 3);
+    }
+    // the marked stem keeps rate, channels and length, and differs only within the mask bound
+    let (orig, marked) = (audio::read(Path::new(&a)).unwrap(), audio::read(&ma).unwrap());
+    assert_eq!((marked.rate, marked.channels.len(), marked.len()), (48_000, 2, orig.len()));
+    let diff: f64 = orig.channels[0].iter().zip(&marked.channels[0]).map(|(x, y)| ((x - y) as f64).powi(2)).sum();
+    let sig: f64 = orig.channels[0].iter().map(|x| (*x as f64).powi(2)).sum();
+    let snr = 10.0 * (sig / diff).log10();
+    assert!(snr > 15.0 && snr < 80.0, "SNR {snr} dB: plumbing mask is bounded by ±0.1 and not identity");
+
+    let o = e.run(&["--json", "mix", "-o", mix.to_str().unwrap(), mb.to_str().unwrap(), ma.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    let sep = e.p("sep");
+    let o = e.run(&["--json", "separate", mix.to_str().unwrap(), sep.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    let mut names = only_file(&sep);
+    names.sort();
+    assert_eq!(names, ["background.wav", "foreground.wav"]);
+    // the plumbing separator's stems sum to the mix: overlap-add must preserve that
+    let m = audio::read(&mix).unwrap();
+    let f = audio::read(&sep.join("foreground.wav")).unwrap();
+    let g = audio::read(&sep.join("background.wav")).unwrap();
+    let err = (0..m.len()).map(|i| (m.channels[1][i] - f.channels[1][i] - g.channels[1][i]).abs()).fold(0f32, f32::max);
+    assert!(err < 1e-3, "stems do not sum to the mix: {err}");
+
+    let o = e.run(&["--json", "detect", mix.to_str().unwrap(), "--key", &ka, "--key", &kb, "--offset", "0"]);
+    let code = o.status.code().unwrap();
+    assert!(code == 0 || code == 3, "{}", text(&o));
+    let r = json(&o);
+    // two keys × (mix + two separated stems)
+    assert_eq!(r["readings"].as_array().unwrap().len(), 6, "{r}");
+    assert_eq!(r["full_blocks"], 3);
+    assert_eq!(r["provider"], "CPU");
+}
+
+#[test]
+fn bad_input_gets_clear_errors_and_no_output() {
+    let e = env();
+    let k = e.key("k");
+    let out = e.p("out.wav");
+    let outs = out.to_str().unwrap();
+    let check = |args: &[&str], code: i32, needle: &str| {
+        let o = e.run(args);
+        assert_eq!(o.status.code(), Some(code), "{args:?}: {}", text(&o));
+        assert!(text(&o).contains(needle), "{args:?}: expected {needle:?} in {}", text(&o));
+        assert!(!text(&o).contains("panicked"), "{}", text(&o));
+    };
+    let mut nan = testkit::music_like(44_100, 1.0, 3);
+    nan.channels[0][500] = f32::NAN;
+    let nan = e.write("nan.wav", &nan);
+    check(&["embed", &nan, outs, "--key", &k, "--payload", "1"], 1, "non-finite");
+    let junk = e.p("junk.wav");
+    std::fs::write(&junk, b"RIFF....WAVEjunk").unwrap();
+    check(&["embed", junk.to_str().unwrap(), outs, "--key", &k, "--payload", "1"], 1, "not a readable audio file");
+    let three = e.write("three.wav", &Audio::new(44_100, vec![vec![0.1; 44_100]; 3]));
+    check(&["embed", &three, outs, "--key", &k, "--payload", "1"], 1, "3 channels");
+    let low = e.write("low.wav", &Audio::new(4_000, vec![vec![0.1; 4_000]]));
+    check(&["embed", &low, outs, "--key", &k, "--payload", "1"], 1, "4000 Hz");
+    let ok = e.write("ok.wav", &testkit::music_like(44_100, 2.5, 4));
+    check(&["embed", &ok, outs, "--key", &k, "--payload", "16777216"], 1, "does not fit in 24 bits");
+    check(&["embed", &ok, outs, "--key", &k, "--payload", "1", "--strength", "9"], 1, "strength");
+    check(&["embed", &ok, outs, "--key", "/nonexistent.key", "--payload", "1"], 1, "cannot read key file");
+    check(&["embed", &ok, outs, "--payload", "1"], 2, "--key");
+    assert!(!out.exists(), "no output may be written on error");
+    // nothing half-written either
+    assert!(only_file(e.dir.path()).iter().all(|n| !n.ends_with(".tmp")));
+
+    // silence and 1 ms: a clear "nothing found", exit 3
+    let silent = e.write("silent.wav", &Audio::new(44_100, vec![vec![0.0; 5 * 44_100]; 2]));
+    check(&["detect", &silent, "--key", &k], 3, "digital silence");
+    let tiny = e.write("tiny.wav", &Audio::new(44_100, vec![vec![0.1; 44]; 2]));
+    check(&["detect", &tiny, "--key", &k], 3, "shorter than one 2 s block");
+    // a 1 ms stem can be embedded (nothing readable, and the user is told)
+    check(&["embed", &tiny, outs, "--key", &k, "--payload", "1"], 0, "cannot be read back");
+    assert_eq!(audio::read(&out).unwrap().len(), 44);
+    // missing models are named
+    let o = Command::new(env!("CARGO_BIN_EXE_stemmark"))
+        .args(["--models", "/nonexistent-models", "embed", &ok, outs, "--key", &k, "--payload", "1"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o).contains("no model manifest"), "{}", text(&o));
+}
+
+#[test]
+fn keygen_refuses_to_overwrite_and_passphrases_are_stable() {
+    let e = env();
+    let k = e.key("a");
+    let o = e.run(&["keygen", &k]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let p1 = e.p("p1.key");
+    let p2 = e.p("p2.key");
+    for p in [&p1, &p2] {
+        let o = e.run(&["--json", "keygen", p.to_str().unwrap(), "--passphrase", "open sesame"]);
+        assert!(o.status.success(), "{}", text(&o));
+    }
+    let a = stemmark_models::keys::Key::load(&p1).unwrap();
+    let b = stemmark_models::keys::Key::load(&p2).unwrap();
+    assert_eq!(a.bytes(), b.bytes());
+}
