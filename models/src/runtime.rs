@@ -127,6 +127,11 @@ fn environment(explicit: Option<&Path>, extra_dirs: &[PathBuf]) -> Result<(PathB
         }
         return Ok((path.clone(), env.clone()));
     }
+    // A library the user named explicitly must exist: silently using another would hide a typo.
+    let named = explicit.map(Path::to_path_buf).or_else(|| std::env::var_os(LIB_ENV).map(PathBuf::from));
+    if let Some(p) = named.filter(|p| !p.is_file()) {
+        return Err(RuntimeError::LibraryLoad { path: p, why: format!("no such file (named by --ort-lib or {LIB_ENV})") });
+    }
     let cands = candidates(explicit, extra_dirs);
     let path = cands.iter().find(|p| p.is_file()).cloned().ok_or_else(|| RuntimeError::LibraryNotFound {
         searched: cands.iter().map(|p| format!("  {}", p.display())).collect::<Vec<_>>().join("\n"),

@@ -11,8 +11,10 @@ pub fn main(args: &[String]) -> Result<()> {
         bail!("unknown test option {bad:?} (usage: cargo xtask test)");
     }
     let lib = setup::install_ort(false)?;
-    // The host tests load the built bundles, so build them first.
-    crate::bundle::run(vec!["stemmark-plugin".into()])?;
+    // The host tests load the built bundles, so build them first: release for the host test, debug
+    // (with nice-plug's assert_process_allocs) for the no-allocation test.
+    crate::bundle::run(vec!["stemmark-plugin".into(), "--release".into()])?;
+    crate::bundle::run(vec!["stemmark-plugin".into(), "--debug".into()])?;
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     setup::run(
         Command::new(cargo)

@@ -1,0 +1,132 @@
+//! The model runtime on plumbing models (random weights, exact contracts): sessions, contract and
+//! checksum checks, batching, the embedder's bound, separator overlap-add, provider errors.
+
+use std::path::Path;
+
+use ndarray::Array2;
+use stemmark_models::decision::Calibration;
+use stemmark_models::detector::Detector;
+use stemmark_models::embedder::Embedder;
+use stemmark_models::keys::Key;
+use stemmark_models::manifest::Manifest;
+use stemmark_models::runtime::{self, Provider};
+use stemmark_models::separator::Separator;
+use stemmark_models::spec::BLOCK;
+use stemmark_offline::testkit;
+
+fn models() -> tempfile::TempDir {
+    runtime::init(None, &[]).expect("ONNX Runtime (run `cargo xtask setup`)");
+    let d = tempfile::tempdir().unwrap();
+    testkit::plumbing_model_dir(d.path(), 11).unwrap();
+    d
+}
+
+fn energy(x: &[f32]) -> f64 {
+    x.iter().map(|v| (*v as f64).powi(2)).sum()
+}
+
+#[test]
+fn a_model_in_the_wrong_role_is_rejected_by_name() {
+    let d = models();
+    std::fs::copy(d.path().join("embedder.onnx"), d.path().join("detector.onnx")).unwrap();
+    Manifest::describe(d.path(), "plumbing", 0.1, Calibration::default()).unwrap().save(d.path()).unwrap();
+    let e = Detector::open(d.path(), Provider::Cpu).err().expect("must fail").to_string();
+    assert!(e.contains("does not follow the detector contract"), "{e}");
+}
+
+#[test]
+fn tampered_or_missing_models_are_named() {
+    let d = models();
+    let mut bytes = std::fs::read(d.path().join("separator.onnx")).unwrap();
+    let n = bytes.len();
+    bytes[n / 2] ^= 0xFF;
+    std::fs::write(d.path().join("separator.onnx"), bytes).unwrap();
+    let e = Separator::open(d.path(), Provider::Cpu).err().unwrap().to_string();
+    assert!(e.contains("does not match its manifest"), "{e}");
+    std::fs::remove_file(d.path().join("embedder.onnx")).unwrap();
+    let e = Embedder::open(d.path(), Provider::Cpu).err().unwrap().to_string();
+    assert!(e.contains("embedder model file") && e.contains("is missing"), "{e}");
+}
+
+#[test]
+fn cuda_on_request_fails_loudly_without_a_gpu() {
+    // The CPU build of ONNX Runtime (what CI installs) has no CUDA provider: asking for CUDA must
+    // be an error, never a silent fall-back to the CPU.
+    let d = models();
+    if std::env::var_os("STEMMARK_EXPECT_CUDA").is_some() {
+        let det = Detector::open(d.path(), Provider::Cuda).expect("CUDA session");
+        assert_eq!(det.provider(), Provider::Cuda);
+        return;
+    }
+    let e = Detector::open(d.path(), Provider::Cuda).err().expect("no CUDA here").to_string();
+    assert!(e.to_lowercase().contains("cuda"), "{e}");
+}
+
+#[test]
+fn batched_detection_equals_one_block_at_a_time() {
+    let d = models();
+    let mut det = Detector::open(d.path(), Provider::Cpu).unwrap();
+    let a = testkit::music_like(44_100, 6.0, 5).mid();
+    let key = Key::from_bytes([3; 16], "k");
+    let batch = Array2::from_shape_fn((3, BLOCK), |(b, i)| a[b * BLOCK + i]);
+    let all = det.logits(&batch, &key).unwrap();
+    for b in 0..3 {
+        let one = Array2::from_shape_fn((1, BLOCK), |(_, i)| a[b * BLOCK + i]);
+        let single = det.logits(&one, &key).unwrap();
+        for i in 0..32 {
+            assert!((all[b][i] - single[0][i]).abs() < 1e-4, "block {b} bit {i}");
+        }
+    }
+    // the key changes the logits
+    let other = det.logits(&batch, &Key::from_bytes([4; 16], "o")).unwrap();
+    assert_ne!(all, other);
+}
+
+#[test]
+fn embedder_strength_zero_is_identity_and_the_change_is_bounded() {
+    let d = models();
+    let mut emb = Embedder::open(d.path(), Provider::Cpu).unwrap();
+    let x = testkit::music_like(44_100, 5.3, 6).channels;
+    let key = Key::from_bytes([5; 16], "k");
+    let same = emb.embed(&x, &key, 42, 0.0, &mut |_, _| {}).unwrap();
+    for (a, b) in x.iter().zip(&same) {
+        let err = a.iter().zip(b).map(|(p, q)| (p - q).abs()).fold(0f32, f32::max);
+        assert!(err < 1e-5, "strength 0 changed the audio by {err}");
+    }
+    let marked = emb.embed(&x, &key, 42, 1.0, &mut |_, _| {}).unwrap();
+    for (a, b) in x.iter().zip(&marked) {
+        let diff: Vec<f32> = a.iter().zip(b).map(|(p, q)| p - q).collect();
+        let ratio = (energy(&diff) / energy(a)).sqrt();
+        // every bin moves by at most the mask bound (0.1), so the whole change does too
+        assert!(ratio > 1e-3 && ratio <= 0.1 + 1e-3, "relative change {ratio}");
+    }
+    // stronger marks change more, and a mono stem works too
+    let strong = emb.embed(&x, &key, 42, 2.0, &mut |_, _| {}).unwrap();
+    let d1: Vec<f32> = x[0].iter().zip(&marked[0]).map(|(p, q)| p - q).collect();
+    let d2: Vec<f32> = x[0].iter().zip(&strong[0]).map(|(p, q)| p - q).collect();
+    assert!(energy(&d2) > 2.0 * energy(&d1));
+    assert_eq!(emb.embed(&x[..1], &key, 42, 1.0, &mut |_, _| {}).unwrap().len(), 1);
+    assert!(emb.embed(&x, &key, 1 << 24, 1.0, &mut |_, _| {}).is_err());
+}
+
+#[test]
+fn separator_overlap_add_keeps_stems_summing_to_a_long_mix() {
+    let d = models();
+    let mut sep = Separator::open(d.path(), Provider::Cpu).unwrap();
+    // 21 s: three overlapping 8 s segments and a short tail
+    let mix = testkit::music_like(44_100, 21.0, 8).channels;
+    let mut calls = Vec::new();
+    let stems = sep.separate(&mix, &mut |d, t| calls.push((d, t))).unwrap();
+    assert_eq!(calls.last().map(|c| c.0 == c.1), Some(true), "{calls:?}");
+    for c in 0..2 {
+        let err = (0..mix[0].len()).map(|i| (mix[c][i] - stems[0][c][i] - stems[1][c][i]).abs()).fold(0f32, f32::max);
+        assert!(err < 1e-4, "channel {c}: {err}");
+    }
+}
+
+#[test]
+fn a_named_library_that_does_not_exist_is_an_error() {
+    let e = runtime::init(Some(Path::new("/nonexistent/libonnxruntime.so")), &[]);
+    // Either ORT is already loaded in this process (conflict) or the path is rejected: both name it.
+    assert!(e.unwrap_err().to_string().contains("/nonexistent/libonnxruntime.so"));
+}
