@@ -21,8 +21,8 @@ pub enum ManifestError {
     Read { path: PathBuf, why: String },
     #[error("{path} is not a Stemmark model manifest: {why}")]
     Format { path: PathBuf, why: String },
-    #[error("the models in {dir} were made for a different signal spec ({found:?}); this build uses {current:?}")]
-    Spec { dir: PathBuf, found: SignalSpec, current: SignalSpec },
+    #[error("the models in {dir} were made for a different signal spec: {why}")]
+    Spec { dir: PathBuf, why: String },
     #[error("{role} model file {path} is missing")]
     MissingModel { role: &'static str, path: PathBuf },
     #[error("{role} model {path} does not match its manifest (sha256 {found}, manifest says {expected}); the file is corrupt or was replaced")]
@@ -93,7 +93,8 @@ impl Manifest {
             return Err(ManifestError::Format { path, why: format!("unknown format {:?}", m.format) });
         }
         if m.spec != SignalSpec::CURRENT {
-            return Err(ManifestError::Spec { dir: dir.into(), found: m.spec, current: SignalSpec::CURRENT });
+            let why = format!("{:?}; this build uses {:?}", m.spec, SignalSpec::CURRENT);
+            return Err(ManifestError::Spec { dir: dir.into(), why });
         }
         Ok(m)
     }

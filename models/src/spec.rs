@@ -30,7 +30,7 @@ pub const STEM_LUFS: f64 = -16.0;
 /// Length of a training clip in samples (20 s).
 pub const CLIP: usize = 20 * SAMPLE_RATE as usize;
 
-const _: () = assert!(BLOCK % HOP == 0, "frames must tile a block exactly");
+const _: () = assert!(BLOCK.is_multiple_of(HOP), "frames must tile a block exactly");
 const _: () = assert!(PAYLOAD_BITS + CHECK_BITS == MESSAGE_BITS);
 
 /// The same facts as a value, for manifests and for checking a model against the build.

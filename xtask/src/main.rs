@@ -11,7 +11,17 @@ const USAGE: &str = "usage: cargo xtask <command>
   demo            setup, then the main job: real stems -> embed with two keys -> mix -> separate -> detect
   bundle [ARGS]   build the VST3/CLAP bundles with ONNX Runtime and the models beside the binary";
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
+    match dispatch() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let rest = args.get(1..).unwrap_or_default().to_vec();
     match args.first().map(String::as_str) {
