@@ -1,3 +1,8 @@
 //! File tools, corpus, evaluation and training for the `stemmark` command line.
 
 pub mod audio;
+pub mod bench;
+pub mod cmd;
+pub mod corpus;
+pub mod onnx;
+pub mod testkit;

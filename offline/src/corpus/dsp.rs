@@ -1,0 +1,226 @@
+//! Signal helpers for corpus building: decoding through ffmpeg, silence removal, clip cutting and
+//! 16-bit WAV output (half the disk of f32; the sources are 16-bit or lossy anyway).
+
+use std::path::Path;
+use std::process::Command;
+
+use anyhow::{Context, Result, anyhow, bail};
+use stemmark_models::spec::SAMPLE_RATE;
+
+use crate::audio::Audio;
+
+/// Analysis frame for silence detection: 50 ms.
+pub const FRAME: usize = SAMPLE_RATE as usize / 20;
+/// A frame is silent below this RMS (dBFS).
+pub const SILENCE_DBFS: f32 = -55.0;
+/// Silent frames kept on each side of sound, so cuts never clip onsets or decays (250 ms).
+pub const MARGIN_FRAMES: usize = 5;
+
+/// Decodes to stereo f32 at the model rate. WAV/FLAC already at the model rate are read directly;
+/// everything else (Opus, which symphonia cannot decode, Vorbis, other rates) goes through ffmpeg.
+pub fn decode(path: &Path) -> Result<Audio> {
+    if matches!(path.extension().and_then(|e| e.to_str()), Some("wav" | "flac"))
+        && let Ok(a) = crate::audio::read(path)
+        && a.rate == SAMPLE_RATE
+        && a.channels.len() <= 2
+    {
+        a.check_finite().with_context(|| path.display().to_string())?;
+        return a.to_stereo();
+    }
+    decode_ffmpeg(path)
+}
+
+fn decode_ffmpeg(path: &Path) -> Result<Audio> {
+    let out = Command::new("ffmpeg")
+        .args(["-nostdin", "-v", "error", "-i"])
+        .arg(path)
+        .args(["-ac", "2", "-ar", &SAMPLE_RATE.to_string(), "-f", "f32le", "-"])
+        .output()
+        .context("cannot run ffmpeg (is it installed?)")?;
+    if !out.status.success() {
+        bail!("{}: ffmpeg failed: {}", path.display(), String::from_utf8_lossy(&out.stderr).trim());
+    }
+    let samples: Vec<f32> =
+        out.stdout.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+    if samples.len() < 2 {
+        bail!("{}: no audio decoded", path.display());
+    }
+    let l = samples.iter().step_by(2).copied().collect();
+    let r = samples.iter().skip(1).step_by(2).copied().collect();
+    let a = Audio::new(SAMPLE_RATE, vec![l, r]);
+    a.check_finite().with_context(|| path.display().to_string())?;
+    Ok(a)
+}
+
+/// Zero-pads (or truncates) every channel to `n` samples.
+pub fn set_len(a: &mut Audio, n: usize) {
+    for c in &mut a.channels {
+        c.resize(n, 0.0);
+    }
+}
+
+/// Sample-wise sum of equally long stereo stems.
+pub fn sum(stems: &[&Audio]) -> Audio {
+    let n = stems.iter().map(|a| a.len()).max().unwrap_or(0);
+    let mut out = Audio::new(SAMPLE_RATE, vec![vec![0.0; n]; 2]);
+    for a in stems {
+        for (o, c) in out.channels.iter_mut().zip(&a.channels) {
+            for (x, y) in o.iter_mut().zip(c) {
+                *x += y;
+            }
+        }
+    }
+    out
+}
+
+/// Signal-to-error ratio (dB) of `b` against reference `a` over their common length.
+pub fn snr_db(a: &Audio, b: &Audio) -> f64 {
+    let (mut s, mut e) = (0f64, 0f64);
+    for (ca, cb) in a.channels.iter().zip(&b.channels) {
+        for (x, y) in ca.iter().zip(cb) {
+            s += (*x as f64).powi(2);
+            e += (*x as f64 - *y as f64).powi(2);
+        }
+    }
+    if e == 0.0 { f64::INFINITY } else { 10.0 * (s / e).log10() }
+}
+
+/// Per-frame "has sound" flags of the sum of `stems`.
+fn active_frames(stems: &[&Audio]) -> Vec<bool> {
+    let mix = sum(stems);
+    let thresh = 10f32.powf(SILENCE_DBFS / 20.0);
+    let n = mix.len();
+    (0..n.div_ceil(FRAME))
+        .map(|f| {
+            let (a, b) = (f * FRAME, ((f + 1) * FRAME).min(n));
+            let ms = mix.channels.iter().flat_map(|c| &c[a..b]).map(|x| x * x).sum::<f32>()
+                / (2 * (b - a)) as f32;
+            ms.sqrt() > thresh
+        })
+        .collect()
+}
+
+/// Removes the same silent stretches (of the stems' sum) from every stem, keeping a short margin
+/// around sound; since every stem loses the same sample ranges, alignment is preserved.
+pub fn drop_silence(stems: &[Audio]) -> Vec<Audio> {
+    let refs: Vec<&Audio> = stems.iter().collect();
+    let active = active_frames(&refs);
+    let keep: Vec<bool> = (0..active.len())
+        .map(|i| {
+            let lo = i.saturating_sub(MARGIN_FRAMES);
+            let hi = (i + MARGIN_FRAMES + 1).min(active.len());
+            active[lo..hi].iter().any(|&x| x)
+        })
+        .collect();
+    stems
+        .iter()
+        .map(|a| {
+            let channels = a
+                .channels
+                .iter()
+                .map(|c| {
+                    let mut out = Vec::with_capacity(c.len());
+                    for (f, _) in keep.iter().enumerate().filter(|(_, k)| **k) {
+                        // bounded by this stem's own length, should stems ever differ in length
+                        out.extend_from_slice(&c[(f * FRAME).min(c.len())..((f + 1) * FRAME).min(c.len())]);
+                    }
+                    out
+                })
+                .collect();
+            Audio::new(a.rate, channels)
+        })
+        .collect()
+}
+
+/// Cuts aligned stems into consecutive `len`-sample clips; a remainder of at least half a clip is
+/// zero-padded to full length, a shorter one dropped. Returns clips × stems.
+pub fn cut_clips(stems: &[Audio], len: usize) -> Vec<Vec<Audio>> {
+    let n = stems.iter().map(Audio::len).min().unwrap_or(0);
+    let mut clips = Vec::new();
+    let mut start = 0;
+    while start < n && n - start >= len / 2 {
+        let end = (start + len).min(n);
+        clips.push(
+            stems
+                .iter()
+                .map(|a| {
+                    let mut c = Audio::new(a.rate, a.channels.iter().map(|c| c[start..end].to_vec()).collect());
+                    set_len(&mut c, len);
+                    c
+                })
+                .collect(),
+        );
+        start += len;
+    }
+    clips
+}
+
+/// Gain (≤ 1) that keeps every stem's peak at or below 0.9, applied to all stems alike so their
+/// relative levels — and the mix they sum to — are kept.
+pub fn headroom_gain(stems: &[Audio]) -> f32 {
+    let peak = stems.iter().map(Audio::peak).fold(0.0f32, f32::max);
+    if peak > 0.9 { 0.9 / peak } else { 1.0 }
+}
+
+/// Writes 16-bit PCM WAV through a temporary file renamed into place only when complete.
+pub fn write_pcm16(path: &Path, audio: &Audio) -> Result<()> {
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let tmp = tempfile::Builder::new()
+        .prefix(".stemmark-")
+        .suffix(".wav.tmp")
+        .tempfile_in(dir)
+        .with_context(|| format!("cannot write in {}", dir.display()))?;
+    {
+        let spec = hound::WavSpec {
+            channels: audio.channels.len() as u16,
+            sample_rate: audio.rate,
+            bits_per_sample: 16,
+            sample_format: hound::SampleFormat::Int,
+        };
+        let mut w = hound::WavWriter::new(std::io::BufWriter::new(tmp.as_file()), spec)?;
+        for i in 0..audio.len() {
+            for ch in &audio.channels {
+                w.write_sample((ch[i] * 32767.0).round().clamp(-32768.0, 32767.0) as i16)?;
+            }
+        }
+        w.finalize()?;
+    }
+    tmp.persist(path).map_err(|e| anyhow!("cannot move output into {}: {e}", path.display()))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tone(n: usize, amp: f32) -> Audio {
+        let x: Vec<f32> = (0..n).map(|i| amp * (i as f32 * 0.05).sin()).collect();
+        Audio::new(SAMPLE_RATE, vec![x.clone(), x])
+    }
+
+    #[test]
+    fn silence_is_dropped_identically_from_all_stems() {
+        let sr = SAMPLE_RATE as usize;
+        let mut a = tone(sr, 0.3);
+        a.channels.iter_mut().for_each(|c| c.extend(vec![0.0; 6 * sr]));
+        let mut b = tone(6 * sr, 0.0);
+        b.channels.iter_mut().for_each(|c| c.extend(tone(sr, 0.2).channels[0].iter()));
+        let out = drop_silence(&[a.clone(), b.clone()]);
+        assert_eq!(out[0].len(), out[1].len());
+        // 2 s of sound plus at most two margins per edge kept
+        assert!(out[0].len() <= 2 * sr + 4 * MARGIN_FRAMES * FRAME + FRAME, "{}", out[0].len());
+        assert!(out[0].len() >= 2 * sr);
+        // the sum of the cut stems equals the cut of the sum
+        let cut_sum = drop_silence(&[sum(&[&a, &b])]).remove(0);
+        assert!(snr_db(&cut_sum, &sum(&[&out[0], &out[1]])) > 100.0);
+    }
+
+    #[test]
+    fn clips_are_full_length_and_remainders_handled() {
+        let clips = cut_clips(&[tone(250, 0.1), tone(250, 0.2)], 100);
+        assert_eq!(clips.len(), 3); // 100, 100, 50 padded to 100
+        assert!(clips.iter().flatten().all(|c| c.len() == 100));
+        assert_eq!(cut_clips(&[tone(240, 0.1)], 100).len(), 2); // 40 < 50 dropped
+    }
+}
