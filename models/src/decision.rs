@@ -83,6 +83,8 @@ pub struct Decision {
     pub blocks: usize,
     /// Combined logits (sum over blocks), scrambled as received.
     pub combined: Vec<f32>,
+    /// Per block: its hard 32-bit word, as received (scrambled).
+    pub block_words: Vec<u32>,
     /// Per block: how many of its 32 hard bits agree with the combined word.
     pub block_agreement: Vec<u8>,
 }
@@ -134,10 +136,8 @@ pub fn decide(blocks: &[[f32; MESSAGE_BITS]], key: &Key, cal: &Calibration) -> D
     };
     // Agreement is measured against the corrected word when the check found one.
     let reference = decoded.and_then(|p| payload::encode(p, key).ok()).unwrap_or(word);
-    let block_agreement = finite
-        .iter()
-        .map(|b| (payload::from_logits(b) ^ reference).count_zeros() as u8)
-        .collect();
+    let block_words: Vec<u32> = finite.iter().map(|b| payload::from_logits(b)).collect();
+    let block_agreement = block_words.iter().map(|w| (w ^ reference).count_zeros() as u8).collect();
     Decision {
         verdict,
         payload: decoded.filter(|_| verdict == Verdict::Found),
@@ -145,6 +145,7 @@ pub fn decide(blocks: &[[f32; MESSAGE_BITS]], key: &Key, cal: &Calibration) -> D
         false_positive_rate: fpr,
         blocks: finite.len(),
         combined: combined.to_vec(),
+        block_words,
         block_agreement,
     }
 }
