@@ -144,7 +144,11 @@ fn print_table(r: &Report) {
                 "{:<12} {:<16} {:<10} {:>9} {:>7.2} {:>10.1e} {:>7}",
                 x.stem.unwrap_or("mix"),
                 x.report.key,
-                format!("{:?}", d.verdict).to_lowercase(),
+                match d.verdict {
+                    Verdict::Found => "found",
+                    Verdict::Uncertain => "uncertain",
+                    Verdict::NotFound => "not found",
+                },
                 d.payload.map_or("-".into(), |p| p.to_string()),
                 d.z,
                 d.false_positive_rate,
