@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use ndarray::{Array2, Array3, ArrayView3, Axis, s};
+use ndarray::{Array2, Array3, ArrayView3};
 use ort::value::TensorRef;
 
 use crate::contract;
@@ -14,24 +14,22 @@ use crate::manifest::Manifest;
 use crate::modelset::{self, ModelError};
 use crate::payload;
 use crate::runtime::{Model, Provider, RuntimeError};
-use crate::spec::{BINS, FRAMES_PER_BLOCK, KEY_DIM, MESSAGE_BITS};
-use crate::stft::{Stft, frames_for_len};
+use crate::embed_stream::EmbedStream;
+use crate::spec::{BLOCK, FRAMES_PER_BLOCK, KEY_DIM, MESSAGE_BITS};
+use crate::stft::frames_for_len;
 
 /// Strength scales the mask's deviation from 1; 1 is the trained strength.
 pub const MAX_STRENGTH: f32 = 2.0;
-/// Blocks per ONNX run: large enough to amortise the call, small enough for bounded memory.
-const BATCH: usize = 8;
 
 pub struct Embedder {
     model: Model,
     manifest: Manifest,
-    stft: Stft,
 }
 
 impl Embedder {
     pub fn open(dir: &Path, provider: Provider) -> Result<Embedder, ModelError> {
         let (manifest, model) = modelset::open(dir, contract::EMBEDDER, provider)?;
-        Ok(Embedder { model, manifest, stft: Stft::new() })
+        Ok(Embedder { model, manifest })
     }
 
     pub fn provider(&self) -> Provider {
@@ -73,7 +71,8 @@ impl Embedder {
     }
 
     /// Marks a whole stem (1 or 2 channels at 44.1 kHz) in every block of the grid that starts
-    /// at its first sample. `progress(done, total)` is called after each batch of blocks.
+    /// at its first sample, streaming it one block at a time (memory stays bounded by the input
+    /// and output). `progress(done, total)` is called after each block.
     pub fn embed(
         &mut self,
         channels: &[Vec<f32>],
@@ -83,48 +82,18 @@ impl Embedder {
         progress: &mut dyn FnMut(usize, usize),
     ) -> Result<Vec<Vec<f32>>, ModelError> {
         modelset::check_channels(channels)?;
-        if !(0.0..=MAX_STRENGTH).contains(&strength) {
-            return Err(ModelError::Input(format!("strength {strength} is outside 0..={MAX_STRENGTH}")));
-        }
-        let word = payload::encode(payload_value, key).map_err(|e| ModelError::Input(e.to_string()))?;
+        let mut stream = EmbedStream::new(channels.len(), key, payload_value, strength)?;
         let len = channels[0].len();
-        let mid = modelset::mid(channels);
-        let mid_spec = self.stft.forward(&mid);
-        let frames = frames_for_len(len);
-        let blocks = frames.div_ceil(FRAMES_PER_BLOCK);
-
-        // Masks for all frames, [BINS, frames]; full blocks in batches, a last partial block alone.
-        let mag = mid_spec.magnitude();
-        let mut mask = Array2::<f32>::ones((BINS, frames));
-        let full = frames / FRAMES_PER_BLOCK;
-        let mut done = 0;
-        while done < full {
-            let n = BATCH.min(full - done);
-            let batch = Array3::from_shape_fn((n, BINS, FRAMES_PER_BLOCK), |(b, f, t)| {
-                mag[[f, (done + b) * FRAMES_PER_BLOCK + t]]
-            });
-            let m = self.masks(batch.view(), word, key, strength)?;
-            for (b, mb) in m.axis_iter(Axis(0)).enumerate() {
-                let start = (done + b) * FRAMES_PER_BLOCK;
-                mask.slice_mut(s![.., start..start + FRAMES_PER_BLOCK]).assign(&mb);
-            }
-            done += n;
-            progress(done, blocks);
+        let blocks = frames_for_len(len).div_ceil(FRAMES_PER_BLOCK);
+        let mut out: Vec<Vec<f32>> = channels.iter().map(|_| Vec::with_capacity(len)).collect();
+        for start in (0..len).step_by(BLOCK) {
+            let end = (start + BLOCK).min(len);
+            let chunk: Vec<&[f32]> = channels.iter().map(|c| &c[start..end]).collect();
+            stream.push(self, &chunk, &mut out)?;
+            progress(stream.blocks_done, blocks);
         }
-        if full * FRAMES_PER_BLOCK < frames {
-            let start = full * FRAMES_PER_BLOCK;
-            let tail = mag.slice(s![.., start..]).insert_axis(Axis(0)).to_owned();
-            let m = self.masks(tail.view(), word, key, strength)?;
-            mask.slice_mut(s![.., start..]).assign(&m.index_axis(Axis(0), 0));
-            progress(blocks, blocks);
-        }
-
-        let mut out = Vec::with_capacity(channels.len());
-        for ch in channels {
-            let mut spec = self.stft.forward(ch);
-            spec.apply_mask(mask.view()).map_err(|e| ModelError::Input(e.to_string()))?;
-            out.push(self.stft.inverse(&spec, len));
-        }
+        stream.finish(self, &mut out)?;
+        progress(blocks, blocks);
         Ok(out)
     }
 }

@@ -12,5 +12,6 @@ pub mod manifest;
 pub mod runtime;
 pub mod modelset;
 pub mod embedder;
+pub mod embed_stream;
 pub mod detector;
 pub mod separator;

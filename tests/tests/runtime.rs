@@ -130,3 +130,64 @@ fn a_named_library_that_does_not_exist_is_an_error() {
     // Either ORT is already loaded in this process (conflict) or the path is rejected: both name it.
     assert!(e.unwrap_err().to_string().contains("/nonexistent/libonnxruntime.so"));
 }
+
+/// The embedding computed directly on whole-buffer spectra: the oracle for the stream.
+fn oracle(emb: &mut Embedder, x: &[Vec<f32>], key: &Key, payload: u32) -> Vec<Vec<f32>> {
+    use ndarray::{Axis, s};
+    use stemmark_models::spec::FRAMES_PER_BLOCK;
+    use stemmark_models::stft::Stft;
+    let mut stft = Stft::new();
+    let mid: Vec<f32> = (0..x[0].len()).map(|i| x.iter().map(|c| c[i]).sum::<f32>() / x.len() as f32).collect();
+    let mag = stft.forward(&mid).magnitude();
+    let word = stemmark_models::payload::encode(payload, key).unwrap();
+    let mut mask = mag.clone();
+    for start in (0..mag.ncols()).step_by(FRAMES_PER_BLOCK) {
+        let end = (start + FRAMES_PER_BLOCK).min(mag.ncols());
+        let block = mag.slice(s![.., start..end]).insert_axis(Axis(0));
+        let m = emb.masks(block, word, key, 1.0).unwrap();
+        mask.slice_mut(s![.., start..end]).assign(&m.index_axis(Axis(0), 0));
+    }
+    x.iter()
+        .map(|c| {
+            let mut spec = stft.forward(c);
+            spec.apply_mask(mask.view()).unwrap();
+            stft.inverse(&spec, c.len())
+        })
+        .collect()
+}
+
+#[test]
+fn streaming_embedding_equals_whole_buffer_and_keeps_its_latency() {
+    use stemmark_models::embed_stream::{EmbedStream, LATENCY};
+    let d = models();
+    let mut emb = Embedder::open(d.path(), Provider::Cpu).unwrap();
+    let key = Key::from_bytes([9; 16], "k");
+    // 4.6 s: two full blocks and a partial third, stereo
+    let x = testkit::music_like(44_100, 4.6, 12).channels;
+    let want = oracle(&mut emb, &x, &key, 777);
+    let whole = emb.embed(&x, &key, 777, 1.0, &mut |_, _| {}).unwrap();
+    let mut stream = EmbedStream::new(2, &key, 777, 1.0).unwrap();
+    let mut out = vec![Vec::new(), Vec::new()];
+    let mut pos = 0;
+    let mut sizes = [1usize, 0, 4096, 37, 512, 88_200, 3, 1000].iter().cycle();
+    while pos < x[0].len() {
+        let n = (*sizes.next().unwrap()).min(x[0].len() - pos);
+        stream.push(&mut emb, &[&x[0][pos..pos + n], &x[1][pos..pos + n]], &mut out).unwrap();
+        pos += n;
+        assert!(out[0].len() + LATENCY >= pos, "ran dry: {} out after {pos} in", out[0].len());
+        assert_eq!(out[0].len(), out[1].len());
+    }
+    stream.finish(&mut emb, &mut out).unwrap();
+    for c in 0..2 {
+        assert_eq!(out[c].len(), x[c].len());
+        assert_eq!(whole[c].len(), x[c].len());
+        let e1 = want[c].iter().zip(&out[c]).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        let e2 = want[c].iter().zip(&whole[c]).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        assert!(e1 < 1e-5 && e2 < 1e-5, "channel {c}: stream {e1}, whole {e2}");
+    }
+    // a second file through the same (reset) stream gives the same result
+    let mut again = vec![Vec::new(), Vec::new()];
+    stream.push(&mut emb, &[&x[0], &x[1]], &mut again).unwrap();
+    stream.finish(&mut emb, &mut again).unwrap();
+    assert_eq!(again, out);
+}
