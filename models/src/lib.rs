@@ -14,4 +14,5 @@ pub mod modelset;
 pub mod embedder;
 pub mod embed_stream;
 pub mod detector;
+pub mod detect_stream;
 pub mod separator;

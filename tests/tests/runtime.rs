@@ -191,3 +191,48 @@ fn streaming_embedding_equals_whole_buffer_and_keeps_its_latency() {
     stream.finish(&mut emb, &mut again).unwrap();
     assert_eq!(again, out);
 }
+
+#[test]
+fn streaming_detection_on_the_grid_matches_file_detection() {
+    use stemmark_models::decision::Verdict;
+    use stemmark_models::detect_stream::DetectStream;
+    use stemmark_models::detector::Alignment;
+    let d = models();
+    let mut det = Detector::open(d.path(), Provider::Cpu).unwrap();
+    let mut sep = Separator::open(d.path(), Provider::Cpu).unwrap();
+    let keys = vec![Key::from_bytes([1; 16], "a"), Key::from_bytes([2; 16], "b")];
+    // 6.8 s with a silent stretch: three full blocks (one of them silent) and a partial fourth;
+    // block 2's after-context is cut short by the end
+    let mut x = testkit::music_like(44_100, 6.8, 13).channels;
+    for c in &mut x {
+        c[BLOCK..2 * BLOCK].fill(0.0);
+    }
+    let mut s = DetectStream::new(2, keys.clone(), det.calibration(), true).unwrap();
+    let mut pos = 0;
+    for n in [1usize, 4096, 333, 100_000, 7, 50_000].iter().cycle() {
+        if pos == x[0].len() {
+            break;
+        }
+        let n = (*n).min(x[0].len() - pos);
+        s.push(&mut det, Some(&mut sep), &[&x[0][pos..pos + n], &x[1][pos..pos + n]]).unwrap();
+        pos += n;
+    }
+    assert_eq!(s.blocks_done, 2, "block 2 waits for its after-context");
+    s.finish(&mut det, Some(&mut sep)).unwrap();
+    assert_eq!(s.blocks_done, 3);
+    let readings = s.readings();
+    assert_eq!(readings.len(), 6, "mix + 2 stems, × 2 keys");
+    let mid: Vec<f32> = (0..x[0].len()).map(|i| 0.5 * (x[0][i] + x[1][i])).collect();
+    let file = det.detect(&mid, &keys, Alignment::Fixed(0)).unwrap();
+    for (r, f) in readings.iter().filter(|r| r.path == "mix").zip(&file) {
+        assert_eq!(r.key, f.key);
+        assert_eq!(r.decision.blocks, 2, "the silent block is left out");
+        assert_eq!(r.decision.blocks, f.decision.blocks);
+        assert!((r.decision.z - f.decision.z).abs() < 1e-9, "{} vs {}", r.decision.z, f.decision.z);
+        assert_eq!(r.decision.payload, f.decision.payload);
+        assert_eq!(r.blocks.len(), 3);
+        use stemmark_models::detect_stream::BlockState;
+        assert_eq!(r.blocks[1], BlockState::Uncertain, "silent block");
+        assert!(r.decision.verdict != Verdict::Found || r.blocks[0] == BlockState::Marked);
+    }
+}

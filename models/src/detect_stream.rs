@@ -1,0 +1,201 @@
+//! Streaming detection on the shared 2 s grid: the engine of Stemmark Detect's worker.
+//!
+//! Mix samples (44.1 kHz, stereo or mono) arrive in chunks of any size; block k covers stream
+//! samples [k·BLOCK, (k+1)·BLOCK) (the caller starts the stream on the grid). Once a block and
+//! [`CONTEXT`] samples after it have arrived, the block is separated with CONTEXT samples of
+//! context on both sides, and the mix and every separated stem are decoded with every key. Logits
+//! are kept per (path, key) and decided on demand with the calibrated rule, the same rule
+//! `stemmark detect` uses on files.
+
+use ndarray::{Array2, Array3};
+
+use crate::decision::{self, Calibration, Decision, Verdict};
+use crate::detector::{Detector, audible};
+use crate::keys::Key;
+use crate::modelset::ModelError;
+use crate::payload;
+use crate::separator::Separator;
+use crate::spec::{BLOCK, MESSAGE_BITS, STEM_NAMES};
+
+/// Separator context on each side of a block (1 s), so the block's stems are not edge-limited.
+pub const CONTEXT: usize = BLOCK / 2;
+/// Samples the stream holds: context before, the block, context after.
+const WINDOW: usize = CONTEXT + BLOCK + CONTEXT;
+
+/// What the mark says about one block on one path and key, judged against the running decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BlockState {
+    /// Its bits agree with the decided payload (at most 4 of 32 differ).
+    Marked,
+    /// Too quiet to carry a mark, or no decision yet.
+    Uncertain,
+    /// Its bits do not match the decided payload, or nothing was decided.
+    NotMarked,
+}
+
+/// Decision and recent block states for one path (the mix or a separated stem) and one key.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PathReading {
+    /// "mix" or a stem name.
+    pub path: &'static str,
+    pub key: String,
+    pub fingerprint: String,
+    #[serde(flatten)]
+    pub decision: Decision,
+    /// State of every analysed block, in order (block index = position + first_block).
+    pub blocks: Vec<BlockState>,
+}
+
+struct Track {
+    path: &'static str,
+    key: usize,
+    /// Per analysed block: logits, or None when the block was silent on this path.
+    logits: Vec<Option<[f32; MESSAGE_BITS]>>,
+}
+
+pub struct DetectStream {
+    keys: Vec<Key>,
+    cal: Calibration,
+    separate: bool,
+    channels: usize,
+    /// Ring of the last WINDOW samples per channel (`hist[c][i % WINDOW]` = sample i).
+    hist: Vec<Vec<f32>>,
+    pushed: usize,
+    /// Next block to analyse.
+    next_block: usize,
+    tracks: Vec<Track>,
+    /// Blocks analysed so far.
+    pub blocks_done: usize,
+}
+
+impl DetectStream {
+    /// A stream over `channels` (1 or 2) reading every key; `separate = false` reads the mix only.
+    pub fn new(channels: usize, keys: Vec<Key>, cal: Calibration, separate: bool) -> Result<DetectStream, ModelError> {
+        if !(1..=2).contains(&channels) {
+            return Err(ModelError::Input(format!("{channels} channels: mono or stereo only")));
+        }
+        let mut paths = vec!["mix"];
+        if separate {
+            paths.extend(STEM_NAMES);
+        }
+        let tracks = paths
+            .iter()
+            .flat_map(|&path| (0..keys.len()).map(move |key| Track { path, key, logits: Vec::new() }))
+            .collect();
+        Ok(DetectStream {
+            keys,
+            cal,
+            separate,
+            channels,
+            hist: vec![vec![0.0; WINDOW]; channels],
+            pushed: 0,
+            next_block: 0,
+            tracks,
+            blocks_done: 0,
+        })
+    }
+
+    /// Feeds mix samples; analyses every block that became complete (with its context).
+    pub fn push(&mut self, det: &mut Detector, mut sep: Option<&mut Separator>, input: &[&[f32]]) -> Result<(), ModelError> {
+        if input.len() != self.channels || input.iter().any(|c| c.len() != input[0].len()) {
+            return Err(ModelError::Input(format!("expected {} equal-length channels", self.channels)));
+        }
+        for i in 0..input[0].len() {
+            let pos = (self.pushed + i) % WINDOW;
+            for (c, ch) in input.iter().enumerate() {
+                let x = ch[i];
+                // A non-finite sample must not poison the analysis; it counts as silence.
+                self.hist[c][pos] = if x.is_finite() { x } else { 0.0 };
+            }
+            // Block k is ready once CONTEXT samples past its end have arrived.
+            if self.pushed + i + 1 == (self.next_block + 1) * BLOCK + CONTEXT {
+                self.analyse(det, sep.as_deref_mut())?;
+            }
+        }
+        self.pushed += input[0].len();
+        Ok(())
+    }
+
+    /// End of the stream: analyses the last full block, whose after-context is cut short
+    /// (zero-padded). A trailing partial block is too short to decode and is dropped.
+    pub fn finish(&mut self, det: &mut Detector, sep: Option<&mut Separator>) -> Result<(), ModelError> {
+        if self.pushed >= (self.next_block + 1) * BLOCK {
+            let missing = (self.next_block + 1) * BLOCK + CONTEXT - self.pushed;
+            let zeros = vec![0.0f32; missing];
+            let chunk: Vec<&[f32]> = (0..self.channels).map(|_| zeros.as_slice()).collect();
+            self.push(det, sep, &chunk)?;
+        }
+        Ok(())
+    }
+
+    /// Samples pushed so far.
+    pub fn pushed(&self) -> usize {
+        self.pushed
+    }
+
+    /// Stream samples not yet analysed (the analysis lag).
+    pub fn lag(&self) -> usize {
+        self.pushed.saturating_sub(self.next_block * BLOCK)
+    }
+
+    /// Sample i of channel c (i within the last WINDOW samples pushed).
+    fn sample(&self, c: usize, i: isize) -> f32 {
+        if i < 0 { 0.0 } else { self.hist[c][i as usize % WINDOW] }
+    }
+
+    fn analyse(&mut self, det: &mut Detector, sep: Option<&mut Separator>) -> Result<(), ModelError> {
+        let start = (self.next_block * BLOCK) as isize;
+        let mid: Vec<f32> = (0..BLOCK)
+            .map(|i| (0..self.channels).map(|c| self.sample(c, start + i as isize)).sum::<f32>() / self.channels as f32)
+            .collect();
+        let mut paths: Vec<(&'static str, Vec<f32>)> = vec![("mix", mid)];
+        if let (true, Some(sep)) = (self.separate, sep) {
+            let win = Array3::from_shape_fn((1, 2, WINDOW), |(_, c, i)| {
+                self.sample(c.min(self.channels - 1), start - CONTEXT as isize + i as isize)
+            });
+            let stems = sep.run(&win)?;
+            for (s, name) in STEM_NAMES.iter().enumerate() {
+                let stem_mid = (0..BLOCK).map(|i| 0.5 * (stems[[0, s, 0, CONTEXT + i]] + stems[[0, s, 1, CONTEXT + i]])).collect();
+                paths.push((name, stem_mid));
+            }
+        }
+        for (path, audio) in paths {
+            let loud = audible(&audio);
+            let block = Array2::from_shape_vec((1, BLOCK), audio).expect("one block");
+            for t in self.tracks.iter_mut().filter(|t| t.path == path) {
+                let l = if loud { Some(det.logits(&block, &self.keys[t.key])?[0]) } else { None };
+                t.logits.push(l);
+            }
+        }
+        self.next_block += 1;
+        self.blocks_done += 1;
+        Ok(())
+    }
+
+    /// The current decision on every path and key, with per-block states.
+    pub fn readings(&self) -> Vec<PathReading> {
+        self.tracks
+            .iter()
+            .map(|t| {
+                let key = &self.keys[t.key];
+                let blocks: Vec<[f32; MESSAGE_BITS]> = t.logits.iter().flatten().copied().collect();
+                let decision = decision::decide(&blocks, key, &self.cal);
+                let reference = decision.payload.and_then(|p| payload::encode(p, key).ok());
+                let states = t
+                    .logits
+                    .iter()
+                    .map(|l| match (l, reference) {
+                        (None, _) => BlockState::Uncertain,
+                        (Some(_), None) if decision.verdict == Verdict::Uncertain => BlockState::Uncertain,
+                        (Some(_), None) => BlockState::NotMarked,
+                        (Some(l), Some(w)) => {
+                            if (payload::from_logits(l) ^ w).count_ones() <= 4 { BlockState::Marked } else { BlockState::NotMarked }
+                        }
+                    })
+                    .collect();
+                PathReading { path: t.path, key: key.name().to_string(), fingerprint: key.fingerprint(), decision, blocks: states }
+            })
+            .collect()
+    }
+}
