@@ -391,7 +391,10 @@ fn run_tool(cmd: &mut Command, what: &str) -> Result<()> {
 fn fluidsynth(sf: &Path, mid: &Path, wav: &Path) -> Result<Audio> {
     run_tool(
         Command::new("fluidsynth")
-            .args(["-ni", "-g", "0.3", "-O", "float", "-T", "wav", "-r", &SAMPLE_RATE.to_string(), "-F"])
+            // Dynamic sample loading reads only the samples the song uses: the same output, but
+            // the compressed .sf3 loads in ~2 s instead of ~9 s.
+            .args(["-ni", "-o", "synth.dynamic-sample-loading=1", "-g", "0.3", "-O", "float", "-T", "wav"])
+            .args(["-r", &SAMPLE_RATE.to_string(), "-F"])
             .arg(wav)
             .arg(sf)
             .arg(mid),
