@@ -4,5 +4,6 @@ pub mod audio;
 pub mod bench;
 pub mod cmd;
 pub mod corpus;
+pub mod eval;
 pub mod onnx;
 pub mod testkit;

@@ -35,6 +35,8 @@ enum Command {
     Separate(cmd::separate::Args),
     /// Speed of the DSP and models as multiples of real time
     Bench,
+    /// Measure BER, quality, separation, payload recovery and false positives on audio
+    Eval(stemmark_offline::eval::Args),
     /// Build and inspect the training corpus
     #[command(subcommand)]
     Corpus(stemmark_offline::corpus::CorpusCommand),
@@ -55,6 +57,11 @@ fn main() {
         Command::Mix(a) => cmd::mix::run(a, json).map(|_| 0),
         Command::Separate(a) => cmd::separate::run(a, &cli.models, json).map(|_| 0),
         Command::Bench => cmd::bench::run(&cli.models).map(|_| 0),
+        Command::Eval(a) => {
+            // Without --set, the default model folder; a missing one is reported by eval itself.
+            let default = cli.models.prepare().ok();
+            stemmark_offline::eval::run(a, cli.models.provider, default).map(|_| 0)
+        }
         Command::Corpus(c) => stemmark_offline::corpus::run(c).map(|_| 0),
     };
     match result {

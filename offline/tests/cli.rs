@@ -171,3 +171,40 @@ fn keygen_refuses_to_overwrite_and_passphrases_are_stable() {
     let b = stemmark_models::keys::Key::load(&p2).unwrap();
     assert_eq!(a.bytes(), b.bytes());
 }
+
+#[test]
+fn eval_quick_runs_end_to_end_on_a_folder_of_items() {
+    let e = env();
+    let data = e.p("items");
+    for (i, name) in ["one", "two", "three"].iter().enumerate() {
+        let d = data.join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        audio::write_wav(&d.join("foreground.wav"), &testkit::music_like(48_000, 4.5, i as u32 * 2 + 1)).unwrap();
+        audio::write_wav(&d.join("background.wav"), &testkit::music_like(44_100, 4.5, i as u32 * 2 + 2)).unwrap();
+    }
+    let unmarked = e.p("unmarked");
+    std::fs::create_dir_all(&unmarked).unwrap();
+    audio::write_wav(&unmarked.join("a.wav"), &testkit::music_like(44_100, 4.5, 9)).unwrap();
+    let out = e.p("report");
+    let o = Command::new(env!("CARGO_BIN_EXE_stemmark"))
+        .args(["eval", "--quick", "--data"])
+        .arg(&data)
+        .arg("--set")
+        .arg(&e.models)
+        .arg("--unmarked")
+        .arg(&unmarked)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    assert_eq!(r["items"], 2, "--quick takes two items");
+    let set = &r["sets"][0];
+    assert_eq!(set["blocks"], 4, "two items of two full blocks");
+    assert_eq!(set["ber_separated"][0]["bits"], 4 * 32);
+    // every wrong-key read and the unmarked file with 4 keys are false-positive trials
+    assert_eq!(set["false_positives"]["trials"], 2 * 2 + 4);
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(md.contains("## BER (%) per stem"), "{md}");
+}

@@ -1,0 +1,198 @@
+//! `stemmark eval`: measures what Stemmark promises on any audio, per model set, side by side.
+//!
+//! Per item (the paper's evaluation, §2.10): each stem is marked with its own random key and
+//! payload in every 2 s block, brought to −16 LUFS, mixed, optionally attacked (a codec), separated,
+//! and each separated stem is decoded with its own key. Reported: BER after separation and on the
+//! mix itself, watermark SNR / SI-SNR without separation, separator SDR / SI-SDR on the original
+//! stems, payload recovery (correct and wrong payloads), BER with a wrong key, and the
+//! false-positive rate on unmarked audio and wrong keys with its 95 % bound.
+
+pub mod items;
+pub mod metrics;
+pub mod report;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use stemmark_models::decision::Verdict;
+use stemmark_models::detector::{Alignment, Detector};
+use stemmark_models::embedder::Embedder;
+use stemmark_models::keys::Key;
+use stemmark_models::payload::{self, MAX_PAYLOAD};
+use stemmark_models::runtime::Provider;
+use stemmark_models::separator::Separator;
+use stemmark_models::spec::{BLOCK, MESSAGE_BITS, SAMPLE_RATE, STEM_LUFS};
+
+use crate::audio::{self, Audio};
+use items::Item;
+pub use report::{Report, SetReport};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Items: a folder of DIR/<item>/foreground.<ext> + background.<ext>, or a built corpus
+    /// (a folder with manifest.json; its validation split is used)
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Model sets to compare, side by side (repeat) [default: the shipped models]
+    #[arg(long = "set")]
+    pub sets: Vec<PathBuf>,
+    /// Folder of unmarked mixes for the false-positive rate (every audio file in it)
+    #[arg(long)]
+    pub unmarked: Option<PathBuf>,
+    /// Only a few items (a smoke test)
+    #[arg(long)]
+    pub quick: bool,
+    /// Items to draw from a corpus
+    #[arg(long, default_value_t = 24)]
+    pub items: usize,
+    /// Seed for keys, payloads and corpus draws
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Output folder for report.md and report.json
+    #[arg(long, default_value = "out/eval")]
+    pub out: PathBuf,
+}
+
+/// Accumulates bit errors.
+#[derive(Debug, Default, Clone, Copy, serde::Serialize)]
+pub struct BitCount {
+    pub errors: u64,
+    pub bits: u64,
+}
+
+impl BitCount {
+    pub fn add(&mut self, errors: u32) {
+        self.errors += errors as u64;
+        self.bits += MESSAGE_BITS as u64;
+    }
+
+    /// Bit error rate in percent (NaN when nothing was counted).
+    pub fn percent(&self) -> f64 {
+        100.0 * self.errors as f64 / self.bits as f64
+    }
+}
+
+pub fn run(args: Args, provider: Provider, default_models: Option<PathBuf>) -> Result<()> {
+    let sets = if args.sets.is_empty() {
+        vec![default_models.context("no model set: pass --set DIR (or ship models in models/)")?]
+    } else {
+        args.sets.clone()
+    };
+    let n = if args.quick { 2 } else { args.items };
+    let items = items::load(&args.data, n, args.seed)?;
+    if items.is_empty() {
+        bail!("no items in {}", args.data.display());
+    }
+    let unmarked = match &args.unmarked {
+        Some(d) => items::unmarked(d)?,
+        None => Vec::new(),
+    };
+    let mut report = Report { data: args.data.clone(), seed: args.seed, items: items.len(), sets: Vec::new() };
+    for dir in &sets {
+        eprintln!("eval: {} on {} items", dir.display(), items.len());
+        report.sets.push(evaluate_set(dir, provider, &items, &unmarked, args.seed)?);
+    }
+    std::fs::create_dir_all(&args.out)?;
+    let json = serde_json::to_string_pretty(&report)?;
+    std::fs::write(args.out.join("report.json"), json)?;
+    let md = report.markdown();
+    std::fs::write(args.out.join("report.md"), &md)?;
+    println!("{md}");
+    println!("(written to {})", args.out.display());
+    Ok(())
+}
+
+/// One model set over all items.
+pub fn evaluate_set(dir: &Path, provider: Provider, items: &[Item], unmarked: &[PathBuf], seed: u64) -> Result<SetReport> {
+    let mut emb = Embedder::open(dir, provider)?;
+    let mut det = Detector::open(dir, provider)?;
+    let mut sep = Separator::open(dir, provider)?;
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut r = SetReport::new(dir);
+    let pb = crate::cmd::progress("eval");
+    pb.set_length(items.len() as u64);
+    for item in items {
+        evaluate_item(&mut emb, &mut det, &mut sep, item, &mut rng, &mut r)
+            .with_context(|| format!("item {}", item.name))?;
+        pb.inc(1);
+    }
+    pb.finish_and_clear();
+    // False positives: every unmarked file with fresh random keys.
+    for path in unmarked {
+        let a = crate::cmd::load_for_models(path)?.0;
+        let keys: Vec<Key> = (0..4).map(|i| Key::from_bytes(rng.random(), format!("null-{i}"))).collect();
+        for rep in det.detect(&a.mid(), &keys, Alignment::Fixed(0))? {
+            r.false_positives.trials += 1;
+            r.false_positives.found += (rep.decision.verdict == Verdict::Found) as u64;
+        }
+    }
+    Ok(r)
+}
+
+fn evaluate_item(
+    emb: &mut Embedder,
+    det: &mut Detector,
+    sep: &mut Separator,
+    item: &Item,
+    rng: &mut ChaCha8Rng,
+    r: &mut SetReport,
+) -> Result<()> {
+    let stems = [&item.foreground, &item.background];
+    let keys: Vec<Key> = (0..2).map(|i| Key::from_bytes(rng.random(), format!("stem-{i}"))).collect();
+    let payloads: Vec<u32> = (0..2).map(|_| rng.random_range(0..=MAX_PAYLOAD)).collect();
+    let mut marked = Vec::new();
+    let mut originals = Vec::new();
+    for (s, stem) in stems.iter().enumerate() {
+        let m = emb.embed(&stem.channels, &keys[s], payloads[s], 1.0, &mut |_, _| {})?;
+        for (c, ch) in stem.channels.iter().enumerate() {
+            r.quality[s].snr.push(metrics::snr(ch, &m[c]));
+            r.quality[s].si_snr.push(metrics::si_snr(ch, &m[c]));
+        }
+        // Each stem to −16 LUFS, with the same gain for its original and its marked version.
+        let m = Audio::new(SAMPLE_RATE, m);
+        let gain = audio::gain_to_lufs(&m, STEM_LUFS)?.unwrap_or(1.0);
+        let (mut m, mut o) = (m, (*stem).clone());
+        m.scale(gain);
+        o.scale(gain);
+        marked.push(m);
+        originals.push(o);
+    }
+    let len = marked[0].len().min(marked[1].len());
+    let mix: Vec<Vec<f32>> = (0..2).map(|c| (0..len).map(|i| marked[0].channels[c][i] + marked[1].channels[c][i]).collect()).collect();
+    let separated = sep.separate(&mix, &mut |_, _| {})?;
+    let mix_mid = crate::audio::Audio::new(SAMPLE_RATE, mix).mid();
+    for s in 0..2 {
+        let word = payload::encode(payloads[s], &keys[s])?;
+        let est = Audio::new(SAMPLE_RATE, separated[s].clone());
+        let orig_mid = originals[s].mid();
+        let est_mid = est.mid();
+        r.separation[s].sdr.push(metrics::sdr(&orig_mid[..len], &est_mid));
+        r.separation[s].si_sdr.push(metrics::si_sdr(&orig_mid[..len], &est_mid));
+        for (audio, bits) in [(&est_mid, &mut r.ber_separated[s]), (&mix_mid, &mut r.ber_mix[s])] {
+            for l in det.grid_logits(audio, 0, &keys[s], usize::MAX)? {
+                bits.add(metrics::bit_errors(payload::from_logits(&l), word));
+            }
+        }
+        // Payload over the whole item, from the separated stem.
+        let rep = det.detect(&est_mid, std::slice::from_ref(&keys[s]), Alignment::Fixed(0))?.remove(0);
+        r.payload[s].items += 1;
+        match rep.decision.payload {
+            Some(p) if p == payloads[s] => r.payload[s].correct += 1,
+            Some(_) => r.payload[s].wrong += 1,
+            None => {}
+        }
+        // A wrong key: its bits, unscrambled with the wrong key, against the true frame.
+        let wrong = Key::from_bytes(rng.random(), "wrong");
+        let frame = payload::frame(payloads[s])?;
+        for l in det.grid_logits(&est_mid, 0, &wrong, usize::MAX)? {
+            r.ber_wrong_key.add(metrics::bit_errors(payload::from_logits(&l) ^ wrong.scrambler(), frame));
+        }
+        let wrong_rep = det.detect(&est_mid, std::slice::from_ref(&wrong), Alignment::Fixed(0))?.remove(0);
+        r.false_positives.trials += 1;
+        r.false_positives.found += (wrong_rep.decision.verdict == Verdict::Found) as u64;
+    }
+    r.blocks += (len / BLOCK) as u64;
+    Ok(())
+}

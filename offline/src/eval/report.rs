@@ -1,0 +1,135 @@
+//! The evaluation report: per model set, collected numbers, written as JSON and Markdown.
+
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use super::BitCount;
+use super::metrics::rate_upper_95;
+
+const STEMS: [&str; 2] = ["foreground", "background"];
+
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct Quality {
+    pub snr: Vec<f64>,
+    pub si_snr: Vec<f64>,
+}
+
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct Separation {
+    pub sdr: Vec<f64>,
+    pub si_sdr: Vec<f64>,
+}
+
+#[derive(Debug, Default, Clone, Copy, Serialize)]
+pub struct PayloadCount {
+    pub items: u64,
+    pub correct: u64,
+    /// Reported payloads that were not the embedded one (must stay 0).
+    pub wrong: u64,
+}
+
+#[derive(Debug, Default, Clone, Copy, Serialize)]
+pub struct FalsePositives {
+    /// Stems (or files) read with a key that did not mark them.
+    pub trials: u64,
+    /// Of those, reported as marked.
+    pub found: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SetReport {
+    pub models: PathBuf,
+    pub blocks: u64,
+    pub ber_separated: [BitCount; 2],
+    pub ber_mix: [BitCount; 2],
+    pub ber_wrong_key: BitCount,
+    pub quality: [Quality; 2],
+    pub separation: [Separation; 2],
+    pub payload: [PayloadCount; 2],
+    pub false_positives: FalsePositives,
+}
+
+impl SetReport {
+    pub fn new(models: &Path) -> SetReport {
+        SetReport {
+            models: models.to_path_buf(),
+            blocks: 0,
+            ber_separated: Default::default(),
+            ber_mix: Default::default(),
+            ber_wrong_key: BitCount::default(),
+            quality: Default::default(),
+            separation: Default::default(),
+            payload: Default::default(),
+            false_positives: FalsePositives::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub data: PathBuf,
+    pub seed: u64,
+    pub items: usize,
+    pub sets: Vec<SetReport>,
+}
+
+/// Mean of the finite values (an identical signal's +∞ dB would swamp it), NaN if none.
+fn mean(v: &[f64]) -> f64 {
+    let f: Vec<f64> = v.iter().copied().filter(|x| x.is_finite()).collect();
+    if f.is_empty() { f64::NAN } else { f.iter().sum::<f64>() / f.len() as f64 }
+}
+
+impl Report {
+    pub fn markdown(&self) -> String {
+        let mut s = format!(
+            "# Stemmark evaluation\n\ndata: `{}`, {} items, seed {}\n\n",
+            self.data.display(),
+            self.items,
+            self.seed
+        );
+        s += "## BER (%) per stem, no attack\n\n| models | stem | after separation | on the mix | blocks |\n|---|---|---:|---:|---:|\n";
+        for r in &self.sets {
+            for (i, stem) in STEMS.iter().enumerate() {
+                s += &format!(
+                    "| {} | {stem} | {:.2} | {:.2} | {} |\n",
+                    r.models.display(),
+                    r.ber_separated[i].percent(),
+                    r.ber_mix[i].percent(),
+                    r.ber_separated[i].bits / 32
+                );
+            }
+        }
+        s += "\n## Quality of the marked stems (no separation)\n\n| models | stem | SNR dB | SI-SNR dB |\n|---|---|---:|---:|\n";
+        for r in &self.sets {
+            for (i, stem) in STEMS.iter().enumerate() {
+                s += &format!("| {} | {stem} | {:.2} | {:.2} |\n", r.models.display(), mean(&r.quality[i].snr), mean(&r.quality[i].si_snr));
+            }
+        }
+        s += "\n## Separator on the original stems\n\n| models | stem | SDR dB | SI-SDR dB |\n|---|---|---:|---:|\n";
+        for r in &self.sets {
+            for (i, stem) in STEMS.iter().enumerate() {
+                s += &format!("| {} | {stem} | {:.2} | {:.2} |\n", r.models.display(), mean(&r.separation[i].sdr), mean(&r.separation[i].si_sdr));
+            }
+        }
+        s += "\n## Payloads and keys\n\n| models | stem | payload correct | wrong payload | BER wrong key % | false positives (95 % bound) |\n|---|---|---:|---:|---:|---:|\n";
+        for r in &self.sets {
+            let fp = r.false_positives;
+            for (i, stem) in STEMS.iter().enumerate() {
+                let p = r.payload[i];
+                s += &format!(
+                    "| {} | {stem} | {}/{} | {} | {:.1} | {}/{} (≤ {:.2e}) |\n",
+                    r.models.display(),
+                    p.correct,
+                    p.items,
+                    p.wrong,
+                    r.ber_wrong_key.percent(),
+                    fp.found,
+                    fp.trials,
+                    rate_upper_95(fp.found, fp.trials)
+                );
+            }
+        }
+        s
+    }
+}
