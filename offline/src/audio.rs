@@ -145,9 +145,23 @@ pub fn read(path: &Path) -> Result<Audio> {
     Ok(Audio::new(rate, channels))
 }
 
-/// Writes 32-bit float WAV through a temporary file in the same folder, renamed into place only
-/// when complete, so a failed or interrupted write never leaves a half-written output.
+/// Sample format of a written WAV file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WavFormat {
+    /// 32-bit float: lossless for our f32 audio, the default for outputs.
+    F32,
+    /// 16-bit PCM (rounded, clipped to full scale): half the size, for the corpus.
+    Pcm16,
+}
+
+/// Writes 32-bit float WAV; see [`write_wav_as`].
 pub fn write_wav(path: &Path, audio: &Audio) -> Result<()> {
+    write_wav_as(path, audio, WavFormat::F32)
+}
+
+/// Writes WAV through a temporary file in the same folder, renamed into place only when
+/// complete, so a failed or interrupted write never leaves a half-written output.
+pub fn write_wav_as(path: &Path, audio: &Audio, format: WavFormat) -> Result<()> {
     if audio.channels.is_empty() {
         bail!("refusing to write {}: no channels", path.display());
     }
@@ -159,16 +173,18 @@ pub fn write_wav(path: &Path, audio: &Audio) -> Result<()> {
         .tempfile_in(dir)
         .with_context(|| format!("cannot write in {}", dir.display()))?;
     {
-        let spec = hound::WavSpec {
-            channels: audio.channels.len() as u16,
-            sample_rate: audio.rate,
-            bits_per_sample: 32,
-            sample_format: hound::SampleFormat::Float,
+        let (bits_per_sample, sample_format) = match format {
+            WavFormat::F32 => (32, hound::SampleFormat::Float),
+            WavFormat::Pcm16 => (16, hound::SampleFormat::Int),
         };
+        let spec = hound::WavSpec { channels: audio.channels.len() as u16, sample_rate: audio.rate, bits_per_sample, sample_format };
         let mut w = hound::WavWriter::new(std::io::BufWriter::new(tmp.as_file()), spec)?;
         for i in 0..audio.len() {
             for ch in &audio.channels {
-                w.write_sample(ch[i])?;
+                match format {
+                    WavFormat::F32 => w.write_sample(ch[i])?,
+                    WavFormat::Pcm16 => w.write_sample((ch[i] * 32767.0).round().clamp(-32768.0, 32767.0) as i16)?,
+                }
             }
         }
         w.finalize()?;

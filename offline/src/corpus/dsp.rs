@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, bail};
 use stemmark_models::spec::SAMPLE_RATE;
 
 use crate::audio::Audio;
@@ -162,32 +162,9 @@ pub fn headroom_gain(stems: &[Audio]) -> f32 {
     if peak > 0.9 { 0.9 / peak } else { 1.0 }
 }
 
-/// Writes 16-bit PCM WAV through a temporary file renamed into place only when complete.
+/// Writes a corpus clip: 16-bit PCM (half the disk of f32), atomically.
 pub fn write_pcm16(path: &Path, audio: &Audio) -> Result<()> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let tmp = tempfile::Builder::new()
-        .prefix(".stemmark-")
-        .suffix(".wav.tmp")
-        .tempfile_in(dir)
-        .with_context(|| format!("cannot write in {}", dir.display()))?;
-    {
-        let spec = hound::WavSpec {
-            channels: audio.channels.len() as u16,
-            sample_rate: audio.rate,
-            bits_per_sample: 16,
-            sample_format: hound::SampleFormat::Int,
-        };
-        let mut w = hound::WavWriter::new(std::io::BufWriter::new(tmp.as_file()), spec)?;
-        for i in 0..audio.len() {
-            for ch in &audio.channels {
-                w.write_sample((ch[i] * 32767.0).round().clamp(-32768.0, 32767.0) as i16)?;
-            }
-        }
-        w.finalize()?;
-    }
-    tmp.persist(path).map_err(|e| anyhow!("cannot move output into {}: {e}", path.display()))?;
-    Ok(())
+    crate::audio::write_wav_as(path, audio, crate::audio::WavFormat::Pcm16)
 }
 
 #[cfg(test)]
