@@ -205,6 +205,9 @@ fn eval_quick_runs_end_to_end_on_a_folder_of_items() {
     assert_eq!(set["ber_separated"][0]["bits"], 4 * 32);
     // every wrong-key read and the unmarked file with 4 keys are false-positive trials
     assert_eq!(set["false_positives"]["trials"], 2 * 2 + 4);
+    if std::process::Command::new("ffmpeg").arg("-version").output().is_ok() {
+        assert_eq!(set["ber_codec"]["MP3 128 kbit/s"][1]["bits"], 4 * 32, "{set}");
+    }
     let md = std::fs::read_to_string(out.join("report.md")).unwrap();
     assert!(md.contains("## BER (%) per stem"), "{md}");
 }

@@ -29,11 +29,16 @@ pub fn is_installed(pkg: &str) -> bool {
         .unwrap_or(false)
 }
 
-/// Installs missing packages with apt (as root, or through sudo when available). Returns the
-/// packages still missing afterwards; the build goes on without the sources that need them.
+/// The corpus's packages; see [`ensure`].
 pub fn ensure_packages(install: bool) -> Vec<String> {
-    let missing: Vec<&str> =
-        DATA_PACKAGES.iter().chain(TOOL_PACKAGES).copied().filter(|p| !is_installed(p)).collect();
+    let all: Vec<&str> = DATA_PACKAGES.iter().chain(TOOL_PACKAGES).copied().collect();
+    ensure(&all, install)
+}
+
+/// Installs missing Debian packages with apt (as root, or through sudo when available). Returns
+/// the packages still missing afterwards; callers go on without what needs them.
+pub fn ensure(packages: &[&str], install: bool) -> Vec<String> {
+    let missing: Vec<&str> = packages.iter().copied().filter(|p| !is_installed(p)).collect();
     if missing.is_empty() {
         return Vec::new();
     }
@@ -59,8 +64,7 @@ pub fn ensure_packages(install: bool) -> Vec<String> {
             }
         }
     }
-    let still: Vec<String> =
-        DATA_PACKAGES.iter().chain(TOOL_PACKAGES).filter(|p| !is_installed(p)).map(|p| p.to_string()).collect();
+    let still: Vec<String> = packages.iter().filter(|p| !is_installed(p)).map(|p| p.to_string()).collect();
     if !still.is_empty() {
         eprintln!(
             "missing Debian packages (sources needing them are skipped): {}\n  install with: apt-get install --no-install-recommends {}",

@@ -7,6 +7,7 @@
 //! stems, payload recovery (correct and wrong payloads), BER with a wrong key, and the
 //! false-positive rate on unmarked audio and wrong keys with its 95 % bound.
 
+pub mod codec;
 pub mod items;
 pub mod metrics;
 pub mod report;
@@ -50,6 +51,9 @@ pub struct Args {
     /// Seed for keys, payloads and corpus draws
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Skip the codec attacks (MP3 128k, Opus 64k of the mix; need ffmpeg, installed on first use)
+    #[arg(long)]
+    pub no_codecs: bool,
     /// Output folder for report.md and report.json
     #[arg(long, default_value = "out/eval")]
     pub out: PathBuf,
@@ -89,10 +93,21 @@ pub fn run(args: Args, provider: Provider, default_models: Option<PathBuf>) -> R
         Some(d) => items::unmarked(d)?,
         None => Vec::new(),
     };
+    let codecs: Vec<codec::Codec> = if args.no_codecs {
+        Vec::new()
+    } else {
+        match codec::ensure_ffmpeg(true) {
+            Ok(()) => codec::Codec::ALL.to_vec(),
+            Err(e) => {
+                eprintln!("eval: codec attacks skipped: {e:#}");
+                Vec::new()
+            }
+        }
+    };
     let mut report = Report { data: args.data.clone(), seed: args.seed, items: items.len(), sets: Vec::new() };
     for dir in &sets {
         eprintln!("eval: {} on {} items", dir.display(), items.len());
-        report.sets.push(evaluate_set(dir, provider, &items, &unmarked, args.seed)?);
+        report.sets.push(evaluate_set(dir, provider, &items, &unmarked, &codecs, args.seed)?);
     }
     std::fs::create_dir_all(&args.out)?;
     let json = serde_json::to_string_pretty(&report)?;
@@ -105,7 +120,14 @@ pub fn run(args: Args, provider: Provider, default_models: Option<PathBuf>) -> R
 }
 
 /// One model set over all items.
-pub fn evaluate_set(dir: &Path, provider: Provider, items: &[Item], unmarked: &[PathBuf], seed: u64) -> Result<SetReport> {
+pub fn evaluate_set(
+    dir: &Path,
+    provider: Provider,
+    items: &[Item],
+    unmarked: &[PathBuf],
+    codecs: &[codec::Codec],
+    seed: u64,
+) -> Result<SetReport> {
     let mut emb = Embedder::open(dir, provider)?;
     let mut det = Detector::open(dir, provider)?;
     let mut sep = Separator::open(dir, provider)?;
@@ -114,7 +136,7 @@ pub fn evaluate_set(dir: &Path, provider: Provider, items: &[Item], unmarked: &[
     let pb = crate::cmd::progress("eval");
     pb.set_length(items.len() as u64);
     for item in items {
-        evaluate_item(&mut emb, &mut det, &mut sep, item, &mut rng, &mut r)
+        evaluate_item(&mut emb, &mut det, &mut sep, item, codecs, &mut rng, &mut r)
             .with_context(|| format!("item {}", item.name))?;
         pb.inc(1);
     }
@@ -136,6 +158,7 @@ fn evaluate_item(
     det: &mut Detector,
     sep: &mut Separator,
     item: &Item,
+    codecs: &[codec::Codec],
     rng: &mut ChaCha8Rng,
     r: &mut SetReport,
 ) -> Result<()> {
@@ -162,9 +185,21 @@ fn evaluate_item(
     let len = marked[0].len().min(marked[1].len());
     let mix: Vec<Vec<f32>> = (0..2).map(|c| (0..len).map(|i| marked[0].channels[c][i] + marked[1].channels[c][i]).collect()).collect();
     let separated = sep.separate(&mix, &mut |_, _| {})?;
+    let words: Vec<u32> = (0..2).map(|s| payload::encode(payloads[s], &keys[s])).collect::<Result<_, _>>()?;
+    for &c in codecs {
+        let attacked = codec::roundtrip(&Audio::new(SAMPLE_RATE, mix.clone()), c)?;
+        let stems = sep.separate(&attacked.channels, &mut |_, _| {})?;
+        let counts = r.ber_codec.entry(c.name().to_string()).or_default();
+        for s in 0..2 {
+            let mid = Audio::new(SAMPLE_RATE, stems[s].clone()).mid();
+            for l in det.grid_logits(&mid, 0, &keys[s], usize::MAX)? {
+                counts[s].add(metrics::bit_errors(payload::from_logits(&l), words[s]));
+            }
+        }
+    }
     let mix_mid = crate::audio::Audio::new(SAMPLE_RATE, mix).mid();
     for s in 0..2 {
-        let word = payload::encode(payloads[s], &keys[s])?;
+        let word = words[s];
         let est = Audio::new(SAMPLE_RATE, separated[s].clone());
         let orig_mid = originals[s].mid();
         let est_mid = est.mid();

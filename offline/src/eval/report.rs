@@ -44,6 +44,8 @@ pub struct SetReport {
     pub ber_separated: [BitCount; 2],
     pub ber_mix: [BitCount; 2],
     pub ber_wrong_key: BitCount,
+    /// BER after separation of a codec-attacked mix, per codec and stem.
+    pub ber_codec: std::collections::BTreeMap<String, [BitCount; 2]>,
     pub quality: [Quality; 2],
     pub separation: [Separation; 2],
     pub payload: [PayloadCount; 2],
@@ -58,6 +60,7 @@ impl SetReport {
             ber_separated: Default::default(),
             ber_mix: Default::default(),
             ber_wrong_key: BitCount::default(),
+            ber_codec: Default::default(),
             quality: Default::default(),
             separation: Default::default(),
             payload: Default::default(),
@@ -98,6 +101,14 @@ impl Report {
                     r.ber_mix[i].percent(),
                     r.ber_separated[i].bits / 32
                 );
+            }
+        }
+        if self.sets.iter().any(|r| !r.ber_codec.is_empty()) {
+            s += "\n## BER (%) after separation of a codec-attacked mix\n\n| models | codec | foreground | background |\n|---|---|---:|---:|\n";
+            for r in &self.sets {
+                for (codec, b) in &r.ber_codec {
+                    s += &format!("| {} | {codec} | {:.2} | {:.2} |\n", r.models.display(), b[0].percent(), b[1].percent());
+                }
             }
         }
         s += "\n## Quality of the marked stems (no separation)\n\n| models | stem | SNR dB | SI-SNR dB |\n|---|---|---:|---:|\n";
