@@ -208,6 +208,8 @@ fn eval_quick_runs_end_to_end_on_a_folder_of_items() {
     if std::process::Command::new("ffmpeg").arg("-version").output().is_ok() {
         assert_eq!(set["ber_codec"]["MP3 128 kbit/s"][1]["bits"], 4 * 32, "{set}");
     }
+    assert_eq!(set["double_mark"][1]["items"], 2);
+    assert_eq!(set["double_mark_ber"][0]["bits"], 4 * 32);
     let md = std::fs::read_to_string(out.join("report.md")).unwrap();
-    assert!(md.contains("## BER (%) per stem"), "{md}");
+    assert!(md.contains("## BER (%) per stem") && md.contains("## Two marks on one stem"), "{md}");
 }

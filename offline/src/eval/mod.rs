@@ -228,6 +228,31 @@ fn evaluate_item(
         r.false_positives.trials += 1;
         r.false_positives.found += (wrong_rep.decision.verdict == Verdict::Found) as u64;
     }
+    double_mark(emb, det, &item.foreground, rng, r)?;
     r.blocks += (len / BLOCK) as u64;
+    Ok(())
+}
+
+/// WAKE's multiple marks: the stem is marked with one key, the result marked again with another,
+/// and each mark is read back with its own key.
+fn double_mark(emb: &mut Embedder, det: &mut Detector, stem: &Audio, rng: &mut ChaCha8Rng, r: &mut SetReport) -> Result<()> {
+    let keys: Vec<Key> = (0..2).map(|i| Key::from_bytes(rng.random(), format!("mark-{i}"))).collect();
+    let payloads: Vec<u32> = (0..2).map(|_| rng.random_range(0..=MAX_PAYLOAD)).collect();
+    let once = emb.embed(&stem.channels, &keys[0], payloads[0], 1.0, &mut |_, _| {})?;
+    let twice = Audio::new(SAMPLE_RATE, emb.embed(&once, &keys[1], payloads[1], 1.0, &mut |_, _| {})?);
+    let mid = twice.mid();
+    for m in 0..2 {
+        let word = payload::encode(payloads[m], &keys[m])?;
+        for l in det.grid_logits(&mid, 0, &keys[m], usize::MAX)? {
+            r.double_mark_ber[m].add(metrics::bit_errors(payload::from_logits(&l), word));
+        }
+        let rep = det.detect(&mid, std::slice::from_ref(&keys[m]), Alignment::Fixed(0))?.remove(0);
+        r.double_mark[m].items += 1;
+        match rep.decision.payload {
+            Some(p) if p == payloads[m] => r.double_mark[m].correct += 1,
+            Some(_) => r.double_mark[m].wrong += 1,
+            None => {}
+        }
+    }
     Ok(())
 }

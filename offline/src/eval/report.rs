@@ -50,6 +50,10 @@ pub struct SetReport {
     pub separation: [Separation; 2],
     pub payload: [PayloadCount; 2],
     pub false_positives: FalsePositives,
+    /// WAKE: foreground stems marked twice, one key after the other; [first key, second key].
+    pub double_mark: [PayloadCount; 2],
+    /// BER of each of the two marks on the double-marked stem (no separation).
+    pub double_mark_ber: [BitCount; 2],
 }
 
 impl SetReport {
@@ -65,6 +69,8 @@ impl SetReport {
             separation: Default::default(),
             payload: Default::default(),
             false_positives: FalsePositives::default(),
+            double_mark: Default::default(),
+            double_mark_ber: Default::default(),
         }
     }
 }
@@ -139,6 +145,13 @@ impl Report {
                     fp.trials,
                     rate_upper_95(fp.found, fp.trials)
                 );
+            }
+        }
+        s += "\n## Two marks on one stem (WAKE: embedded one after the other with two keys)\n\n| models | mark | payload correct | wrong payload | BER % |\n|---|---|---:|---:|---:|\n";
+        for r in &self.sets {
+            for (i, mark) in ["first", "second"].iter().enumerate() {
+                let p = r.double_mark[i];
+                s += &format!("| {} | {mark} | {}/{} | {} | {:.2} |\n", r.models.display(), p.correct, p.items, p.wrong, r.double_mark_ber[i].percent());
             }
         }
         s
