@@ -7,3 +7,4 @@ pub mod corpus;
 pub mod eval;
 pub mod onnx;
 pub mod testkit;
+pub mod train;

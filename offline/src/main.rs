@@ -35,8 +35,14 @@ enum Command {
     Separate(cmd::separate::Args),
     /// Speed of the DSP and models as multiples of real time
     Bench,
+    /// Write the ONNX models and manifest from trained weights
+    Export(cmd::export::Args),
     /// Measure BER, quality, separation, payload recovery and false positives on audio
     Eval(stemmark_offline::eval::Args),
+    /// Train the models (built with --features train)
+    #[cfg(feature = "train")]
+    #[command(subcommand)]
+    Train(cmd::train::Stage),
     /// Build and inspect the training corpus
     #[command(subcommand)]
     Corpus(stemmark_offline::corpus::CorpusCommand),
@@ -57,12 +63,15 @@ fn main() {
         Command::Mix(a) => cmd::mix::run(a, json).map(|_| 0),
         Command::Separate(a) => cmd::separate::run(a, &cli.models, json).map(|_| 0),
         Command::Bench => cmd::bench::run(&cli.models).map(|_| 0),
+        Command::Export(a) => cmd::export::run(a, json).map(|_| 0),
         Command::Eval(a) => {
             // Without --set, the default model folder; a missing one is reported by eval itself.
             let default = cli.models.prepare().ok();
             stemmark_offline::eval::run(a, cli.models.provider, default).map(|_| 0)
         }
         Command::Corpus(c) => stemmark_offline::corpus::run(c).map(|_| 0),
+        #[cfg(feature = "train")]
+        Command::Train(s) => cmd::train::run(s).map(|_| 0),
     };
     match result {
         Ok(code) => std::process::exit(code),

@@ -4,9 +4,11 @@ mod bundle;
 mod demo;
 mod setup;
 mod test;
+mod torch;
 
 const USAGE: &str = "usage: cargo xtask <command>
   setup [--gpu]   install the ONNX Runtime library from PyPI into .deps/ (idempotent)
+  setup-torch     install torch 2.11.0 (libtorch for the training feature) into .deps/torch
   test            setup, bundle the plugins, run every test (what CI runs)
   demo            setup, then the main job: real stems -> embed with two keys -> mix -> separate -> detect
   bundle [ARGS]   build the VST3/CLAP bundles with ONNX Runtime and the models beside the binary";
@@ -27,6 +29,7 @@ fn dispatch() -> anyhow::Result<()> {
     match args.first().map(String::as_str) {
         Some("setup") => setup::main(&rest),
         Some("test") => test::main(&rest),
+        Some("setup-torch") => torch::install_torch().map(|dir| println!("LIBTORCH={}", dir.display())),
         Some("demo") => demo::main(&rest),
         Some("bundle") => bundle::run(rest),
         Some("-h" | "--help" | "help") | None => {

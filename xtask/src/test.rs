@@ -17,9 +17,18 @@ pub fn main(args: &[String]) -> Result<()> {
     crate::bundle::run(vec!["stemmark-plugin".into(), "--debug".into()])?;
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     setup::run(
-        Command::new(cargo)
+        Command::new(&cargo)
             .current_dir(setup::root())
             .env("STEMMARK_ORT_LIB", &lib)
             .args(["test", "--workspace", "--no-fail-fast"]),
+    )?;
+    // The training pipeline links libtorch, so it builds and tests behind its feature.
+    let libtorch = crate::torch::install_torch()?;
+    setup::run(
+        Command::new(&cargo)
+            .current_dir(setup::root())
+            .env("STEMMARK_ORT_LIB", &lib)
+            .env("LIBTORCH", &libtorch)
+            .args(["test", "-p", "stemmark-offline", "--features", "train", "--lib", "--no-fail-fast", "train::"]),
     )
 }

@@ -3,9 +3,12 @@
 pub mod detect;
 pub mod bench;
 pub mod embed;
+pub mod export;
 pub mod keygen;
 pub mod mix;
 pub mod separate;
+#[cfg(feature = "train")]
+pub mod train;
 
 use std::path::{Path, PathBuf};
 

@@ -1,0 +1,53 @@
+//! Small building blocks shared by the networks, written with the same primitive ops the ONNX
+//! export spells out, so the exported graph computes the same thing.
+
+use tch::Tensor;
+use tch::nn::{self, Module};
+
+/// LayerNorm epsilon (libtorch's default), also written into the ONNX graph.
+pub const LN_EPS: f64 = 1e-5;
+
+pub fn linear(p: nn::Path, i: usize, o: usize) -> nn::Linear {
+    nn::linear(p, i as i64, o as i64, Default::default())
+}
+
+pub fn layer_norm(p: nn::Path, d: usize) -> nn::LayerNorm {
+    nn::layer_norm(
+        p,
+        vec![d as i64],
+        nn::LayerNormConfig {
+            eps: LN_EPS,
+            ..Default::default()
+        },
+    )
+}
+
+/// A FiLM head: the conditioning vector → (γ, β) for `width` features; applied as
+/// `x·(1 + γ) + β`, so a zero head is the identity.
+#[derive(Debug)]
+pub struct Film {
+    head: nn::Linear,
+    width: i64,
+}
+
+impl Film {
+    pub fn new(p: nn::Path, cond: usize, width: usize) -> Film {
+        Film {
+            head: linear(p / "head", cond, 2 * width),
+            width: width as i64,
+        }
+    }
+
+    /// `x` has its features on `axis` (1 for `[B, C, T]`, 2 for `[B, T, C]`); `c` is `[B, cond]`.
+    pub fn apply(&self, x: &Tensor, c: &Tensor, axis: i64) -> Tensor {
+        let gb = self.head.forward(c);
+        let gamma = gb.narrow(1, 0, self.width);
+        let beta = gb.narrow(1, self.width, self.width);
+        let (gamma, beta) = if axis == 1 {
+            (gamma.unsqueeze(2), beta.unsqueeze(2))
+        } else {
+            (gamma.unsqueeze(1), beta.unsqueeze(1))
+        };
+        x * (gamma + 1.0) + beta
+    }
+}

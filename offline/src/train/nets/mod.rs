@@ -1,0 +1,310 @@
+//! The three networks (embedder, detector, separator) and their sizes.
+//!
+//! [`NetConfig`] is plain data (TOML), read by training and by the pure-Rust ONNX export alike;
+//! the networks themselves need libtorch (`train` feature). Every weight has a fixed name
+//! `<net>.<module path>.<tensor>` (e.g. `embedder.blocks.0.mhsa.qkv.weight`), the same in the
+//! checkpoints and in the export, so checkpoints stay loadable across runs.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::{Context, Result, ensure};
+use stemmark_models::spec::{BINS, KEY_DIM, MESSAGE_BITS, STEM_NAMES};
+
+#[cfg(feature = "train")]
+pub mod detector;
+#[cfg(feature = "train")]
+pub mod embedder;
+#[cfg(feature = "train")]
+pub mod layers;
+#[cfg(feature = "train")]
+pub mod separator;
+
+#[cfg(all(test, feature = "train"))]
+mod net_tests;
+
+/// Sizes of the embedder (Conformer on the STFT magnitude).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmbedderConfig {
+    pub d_model: usize,
+    pub heads: usize,
+    /// Hidden width of each half feed-forward module.
+    pub ff_dim: usize,
+    /// Depthwise convolution kernel of the convolution module (odd).
+    pub conv_kernel: usize,
+    pub blocks: usize,
+    /// Hidden width of the FiLM MLP on [message, key].
+    pub film_hidden: usize,
+    /// The mask stays within 1 ± mask_bound (mask = 1 + b·tanh(·)).
+    pub mask_bound: f32,
+}
+
+/// Sizes of the detector (strided Conv1d stack on the waveform).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DetectorConfig {
+    /// Output channels of each strided convolution.
+    pub channels: Vec<usize>,
+    pub kernel: usize,
+    pub stride: usize,
+    /// Hidden width of the FiLM MLP on the key.
+    pub film_hidden: usize,
+}
+
+/// Sizes of the separator (Demucs-style time-domain U-Net).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SeparatorConfig {
+    /// Channels of the first encoder layer; layer i has `channels · growth^i`.
+    pub channels: usize,
+    pub growth: usize,
+    pub depth: usize,
+    pub kernel: usize,
+    pub stride: usize,
+    pub lstm_layers: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetConfig {
+    pub embedder: EmbedderConfig,
+    pub detector: DetectorConfig,
+    pub separator: SeparatorConfig,
+}
+
+impl Default for NetConfig {
+    /// Sizes meant for the runtime budgets (CPU, one thread: embedder incl. STFT ≤ 10 ms and
+    /// detector ≤ 5 ms per 2 s block, separator ≤ 150 ms per 2 s). Measured with random weights on
+    /// a shared 2-core machine, one core (`export::cost`, steady state): embedder net 3.5–5.7 ms +
+    /// STFT/iSTFT 3.6–5.9 ms, detector 2.2–3.6 ms, separator 41–47 ms per 2 s; `stemmark bench`
+    /// (cold, 20 s): embed 12 ms and separate 70–78 ms per 2 s. 10.8 MB of f32 weights.
+    fn default() -> Self {
+        NetConfig {
+            embedder: EmbedderConfig {
+                // Attention over the block's 360 frames dominates: heads and blocks cost most.
+                d_model: 64,
+                heads: 2,
+                ff_dim: 128,
+                conv_kernel: 15,
+                blocks: 2,
+                film_hidden: 96,
+                mask_bound: 0.2,
+            },
+            detector: DetectorConfig {
+                channels: vec![16, 24, 32, 64, 96, 128],
+                kernel: 8,
+                stride: 4,
+                film_hidden: 96,
+            },
+            separator: SeparatorConfig {
+                channels: 24,
+                growth: 2,
+                depth: 4,
+                kernel: 8,
+                stride: 4,
+                lstm_layers: 2,
+            },
+        }
+    }
+}
+
+impl NetConfig {
+    /// Very small nets for CPU tests.
+    pub fn tiny() -> Self {
+        NetConfig {
+            embedder: EmbedderConfig {
+                d_model: 16,
+                heads: 2,
+                ff_dim: 32,
+                conv_kernel: 5,
+                blocks: 1,
+                film_hidden: 16,
+                mask_bound: 0.2,
+            },
+            detector: DetectorConfig {
+                channels: vec![4, 8, 8],
+                kernel: 8,
+                stride: 4,
+                film_hidden: 8,
+            },
+            separator: SeparatorConfig {
+                channels: 4,
+                growth: 2,
+                depth: 2,
+                kernel: 8,
+                stride: 4,
+                lstm_layers: 1,
+            },
+        }
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        let e = &self.embedder;
+        ensure!(
+            e.d_model > 0 && e.heads > 0 && e.d_model.is_multiple_of(e.heads),
+            "embedder: d_model must be a positive multiple of heads"
+        );
+        ensure!(e.conv_kernel % 2 == 1, "embedder: conv_kernel must be odd");
+        ensure!(
+            e.mask_bound > 0.0 && e.mask_bound < 1.0,
+            "embedder: mask_bound must lie in (0, 1)"
+        );
+        let d = &self.detector;
+        ensure!(
+            !d.channels.is_empty(),
+            "detector: needs at least one convolution"
+        );
+        ensure!(
+            d.kernel >= d.stride && (d.kernel - d.stride).is_multiple_of(2),
+            "detector: kernel − stride must be even and ≥ 0"
+        );
+        let s = &self.separator;
+        ensure!(
+            s.depth > 0 && s.channels > 0 && s.growth > 0 && s.lstm_layers > 0,
+            "separator: depth, channels, growth and lstm_layers must be positive"
+        );
+        ensure!(
+            s.kernel >= s.stride && (s.kernel - s.stride).is_multiple_of(2),
+            "separator: kernel − stride must be even and ≥ 0"
+        );
+        Ok(())
+    }
+
+    pub fn load(path: &Path) -> Result<NetConfig> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        let c: NetConfig = toml::from_str(&text)
+            .with_context(|| format!("{} is not a network config", path.display()))?;
+        c.validate()?;
+        Ok(c)
+    }
+
+    pub fn save(&self, path: &Path) -> Result<()> {
+        std::fs::write(path, toml::to_string_pretty(self)?)
+            .with_context(|| format!("cannot write {}", path.display()))
+    }
+}
+
+impl NetConfig {
+    /// The name and shape of every weight of the three nets, as training stores them: the export
+    /// checks a checkpoint against this before building graphs from it.
+    pub fn weight_shapes(&self) -> BTreeMap<String, Vec<usize>> {
+        let mut w = BTreeMap::new();
+        let mut put = |name: String, shape: &[usize]| {
+            w.insert(name, shape.to_vec());
+        };
+        // A PyTorch linear layer (`[out, in]` weight) and a LayerNorm.
+        let lin = |put: &mut dyn FnMut(String, &[usize]), name: &str, i: usize, o: usize| {
+            put(format!("{name}.weight"), &[o, i]);
+            put(format!("{name}.bias"), &[o]);
+        };
+        let ln = |put: &mut dyn FnMut(String, &[usize]), name: &str, d: usize| {
+            put(format!("{name}.weight"), &[d]);
+            put(format!("{name}.bias"), &[d]);
+        };
+        let e = &self.embedder;
+        let (d, h) = (e.d_model, e.film_hidden);
+        lin(&mut put, "embedder.in_proj", BINS, d);
+        lin(&mut put, "embedder.film_mlp", MESSAGE_BITS + KEY_DIM, h);
+        lin(&mut put, "embedder.out_proj", d, BINS);
+        for i in 0..e.blocks {
+            let b = format!("embedder.blocks.{i}");
+            for m in ["ffn1", "mhsa", "conv", "ffn2"] {
+                ln(&mut put, &format!("{b}.{m}.ln"), d);
+                lin(&mut put, &format!("{b}.{m}.film.head"), h, 2 * d);
+            }
+            for m in ["ffn1", "ffn2"] {
+                lin(&mut put, &format!("{b}.{m}.fc1"), d, e.ff_dim);
+                lin(&mut put, &format!("{b}.{m}.fc2"), e.ff_dim, d);
+            }
+            lin(&mut put, &format!("{b}.mhsa.qkv"), d, 3 * d);
+            lin(&mut put, &format!("{b}.mhsa.out"), d, d);
+            lin(&mut put, &format!("{b}.conv.pw1"), d, 2 * d);
+            put(format!("{b}.conv.dw.weight"), &[d, 1, e.conv_kernel]);
+            put(format!("{b}.conv.dw.bias"), &[d]);
+            ln(&mut put, &format!("{b}.conv.ln2"), d);
+            lin(&mut put, &format!("{b}.conv.pw2"), d, d);
+            ln(&mut put, &format!("{b}.ln"), d);
+        }
+        let dt = &self.detector;
+        lin(&mut put, "detector.film_mlp", KEY_DIM, dt.film_hidden);
+        let mut cin = 1;
+        for (i, &c) in dt.channels.iter().enumerate() {
+            put(format!("detector.convs.{i}.weight"), &[c, cin, dt.kernel]);
+            put(format!("detector.convs.{i}.bias"), &[c]);
+            lin(
+                &mut put,
+                &format!("detector.convs.{i}.film.head"),
+                dt.film_hidden,
+                2 * c,
+            );
+            cin = c;
+        }
+        lin(&mut put, "detector.head", cin, MESSAGE_BITS);
+        let s = &self.separator;
+        let mut cin = 2;
+        for i in 0..s.depth {
+            let ch = s.layer_channels(i);
+            let out = if i == 0 { STEM_NAMES.len() * 2 } else { cin };
+            put(
+                format!("separator.enc.{i}.conv.weight"),
+                &[ch, cin, s.kernel],
+            );
+            put(format!("separator.enc.{i}.conv.bias"), &[ch]);
+            for part in ["enc", "dec"] {
+                put(format!("separator.{part}.{i}.pw.weight"), &[2 * ch, ch, 1]);
+                put(format!("separator.{part}.{i}.pw.bias"), &[2 * ch]);
+            }
+            put(
+                format!("separator.dec.{i}.convtr.weight"),
+                &[ch, out, s.kernel],
+            );
+            put(format!("separator.dec.{i}.convtr.bias"), &[out]);
+            cin = ch;
+        }
+        for l in 0..s.lstm_layers {
+            let input = if l == 0 { cin } else { 2 * cin };
+            for sfx in ["", "_reverse"] {
+                put(
+                    format!("separator.lstm.weight_ih_l{l}{sfx}"),
+                    &[4 * cin, input],
+                );
+                put(
+                    format!("separator.lstm.weight_hh_l{l}{sfx}"),
+                    &[4 * cin, cin],
+                );
+                put(format!("separator.lstm.bias_ih_l{l}{sfx}"), &[4 * cin]);
+                put(format!("separator.lstm.bias_hh_l{l}{sfx}"), &[4 * cin]);
+            }
+        }
+        lin(&mut put, "separator.lstm_out", 2 * cin, cin);
+        w
+    }
+}
+
+impl SeparatorConfig {
+    /// Channels of encoder layer `i`.
+    pub fn layer_channels(&self, i: usize) -> usize {
+        self.channels * self.growth.pow(i as u32)
+    }
+
+    /// Inputs are padded to a multiple of this many samples, so every strided layer divides.
+    pub fn length_multiple(&self) -> usize {
+        self.stride.pow(self.depth as u32)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn configs_round_trip_through_toml() {
+        for c in [NetConfig::default(), NetConfig::tiny()] {
+            c.validate().unwrap();
+            let back: NetConfig = toml::from_str(&toml::to_string_pretty(&c).unwrap()).unwrap();
+            assert_eq!(back, c);
+        }
+    }
+}
