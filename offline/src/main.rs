@@ -33,8 +33,11 @@ enum Command {
     Mix(cmd::mix::Args),
     /// Split a mix into stems with the separator
     Separate(cmd::separate::Args),
-    /// Speed of the DSP and models as multiples of real time
-    Bench,
+    /// Speed of the DSP and models as multiples of real time (`bench train`: training step times)
+    Bench {
+        /// `train` for the training stages' step times (needs --features train)
+        what: Option<String>,
+    },
     /// Write the ONNX models and manifest from trained weights
     Export(cmd::export::Args),
     /// Measure BER, quality, separation, payload recovery and false positives on audio
@@ -62,7 +65,7 @@ fn main() {
         Command::Detect(a) => cmd::detect::run(a, &cli.models, json),
         Command::Mix(a) => cmd::mix::run(a, json).map(|_| 0),
         Command::Separate(a) => cmd::separate::run(a, &cli.models, json).map(|_| 0),
-        Command::Bench => cmd::bench::run(&cli.models).map(|_| 0),
+        Command::Bench { what } => cmd::bench::run(&cli.models, what.as_deref()).map(|_| 0),
         Command::Export(a) => cmd::export::run(a, json).map(|_| 0),
         Command::Eval(a) => {
             // Without --set, the default model folder; a missing one is reported by eval itself.

@@ -15,7 +15,18 @@ use super::ModelOpts;
 /// Seconds of audio the model rows process.
 const MODEL_SECONDS: usize = 20;
 
-pub fn run(opts: &ModelOpts) -> Result<()> {
+pub fn run(opts: &ModelOpts, what: Option<&str>) -> Result<()> {
+    match what {
+        None => {}
+        #[cfg(feature = "train")]
+        Some("train") => {
+            println!("{}", super::train::bench_table()?);
+            return Ok(());
+        }
+        #[cfg(not(feature = "train"))]
+        Some("train") => anyhow::bail!("`bench train` needs a build with --features train (it links libtorch)"),
+        Some(other) => anyhow::bail!("unknown benchmark {other:?} (nothing, or `train`)"),
+    }
     println!("{}", crate::bench::dsp_table()?);
     match opts.prepare() {
         Ok(dir) => println!("{}", model_table(&dir, opts)?),

@@ -111,3 +111,41 @@ pub fn run(stage: Stage) -> Result<()> {
         }
     }
 }
+
+/// `stemmark bench train`: seconds per step of each stage on the CPU (one thread, synthetic data),
+/// tiny and default network sizes, measured side by side in one run.
+pub fn bench_table() -> Result<String> {
+    use rand::SeedableRng;
+    use crate::train::checkpoint::Nets;
+    use crate::train::nets::NetConfig;
+    use crate::train::pretrain::Synthetic;
+    use crate::train::stage::seeded_nets;
+    tch::set_num_threads(1);
+    let mut out = String::from("| stage | nets | batch | s / step (median of 3) |\n|---|---|---:|---:|\n");
+    for (label, nets_cfg) in [("tiny", NetConfig::tiny()), ("default", NetConfig::default())] {
+        let nets: Nets = seeded_nets(&nets_cfg, tch::Device::Cpu, 0)?;
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+        let p = PretrainConfig { batch: 4, nets: nets_cfg.clone(), ..PretrainConfig::default() };
+        let mut adam = crate::train::optim::Adam::new(nets.embedder_vs.variables().into_iter().chain(nets.detector_vs.variables()).collect(), p.lr);
+        let secs = median3(|| pretrain::step(&nets, &mut adam, &p, &mut Synthetic, &mut rng, 0, tch::Device::Cpu).map(|_| ()))?;
+        out += &format!("| pretrain | {label} | {} | {secs:.2} |\n", p.batch);
+        for finetune in [false, true] {
+            let j = JointConfig { batch: 2, finetune, nets: nets_cfg.clone(), ..JointConfig::default() };
+            let mut optims = joint::optimisers(&nets, &j);
+            let secs = median3(|| joint::step(&nets, &mut optims, &j, &mut Synthetic, &mut rng, 0).map(|_| ()))?;
+            out += &format!("| {} | {label} | {} | {secs:.2} |\n", if finetune { "finetune" } else { "joint" }, j.batch);
+        }
+    }
+    Ok(out)
+}
+
+fn median3(mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+    let mut t = Vec::new();
+    for _ in 0..3 {
+        let start = std::time::Instant::now();
+        f()?;
+        t.push(start.elapsed().as_secs_f64());
+    }
+    t.sort_by(f64::total_cmp);
+    Ok(t[1])
+}

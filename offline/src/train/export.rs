@@ -457,7 +457,6 @@ mod parity {
     use tch::{Device, Kind};
 
     use super::*;
-    use crate::train::checkpoint::Nets;
 
     const TOL: f32 = 1e-4;
 

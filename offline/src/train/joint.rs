@@ -56,9 +56,8 @@ pub struct JointConfig {
 
 impl Default for JointConfig {
     fn default() -> Self {
-        let mut weights = LossWeights::default();
         // Joint training keeps the second-phase quality weights throughout.
-        weights.quality_step = 0;
+        let weights = LossWeights { quality_step: 0, ..LossWeights::default() };
         JointConfig {
             finetune: false,
             steps: 50_000,
@@ -140,6 +139,12 @@ impl PairSource for CorpusPairs {
     }
 }
 
+impl PairSource for super::pretrain::Synthetic {
+    fn pairs(&mut self, batch: usize, len: usize, rng: &mut ChaCha8Rng) -> Result<Tensor> {
+        Ok(super::pretrain::Synthetic::signals(2 * batch, len, rng).view([batch as i64, 2, len as i64]))
+    }
+}
+
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct JointLog {
     pub step: u64,
@@ -179,7 +184,7 @@ pub fn step(nets: &Nets, optims: &mut [(&str, Adam)], cfg: &JointConfig, source:
         let (clean, wm) = (block(&stem, cfg.context), block(&w, cfg.context));
         if !cfg.finetune {
             let (qs, _) = losses::quality_loss(&q, &clean, &wm)?;
-            quality = quality + qs;
+            quality += qs;
         }
         sig += clean.pow_tensor_scalar(2).sum(Kind::Float).double_value(&[]);
         err += (&clean - &wm).pow_tensor_scalar(2).sum(Kind::Float).double_value(&[]);
@@ -206,8 +211,8 @@ pub fn step(nets: &Nets, optims: &mut [(&str, Adam)], cfg: &JointConfig, source:
         let heard = block(&est_mid.select(1, s as i64), cfg.context);
         let logits = nets.detector.forward(&heard, &keys[s]);
         let wrong = nets.detector.forward(&heard, &pm1(b, KEY_DIM, rng, device));
-        bce = bce + losses::bce_bits(&logits, &msgs[s])?;
-        hinge = hinge + losses::wrong_key_hinge(&wrong, &msgs[s], cfg.weights.wrong_key_margin)?;
+        bce += losses::bce_bits(&logits, &msgs[s])?;
+        hinge += losses::wrong_key_hinge(&wrong, &msgs[s], cfg.weights.wrong_key_margin)?;
         acc[s] = losses::bit_accuracy(&logits, &msgs[s]);
         wrong_acc += losses::bit_accuracy(&wrong, &msgs[s]) / 2.0;
     }
@@ -269,23 +274,7 @@ mod tests {
     use super::*;
     use rand::SeedableRng;
 
-    struct Tones;
-    impl PairSource for Tones {
-        fn pairs(&mut self, batch: usize, len: usize, rng: &mut ChaCha8Rng) -> Result<Tensor> {
-            let rows: Vec<Tensor> = (0..batch)
-                .map(|_| {
-                    let s: Vec<Tensor> = (0..2)
-                        .map(|_| {
-                            let a = crate::testkit::music_like(44_100, len as f64 / 44_100.0 + 0.01, rng.random());
-                            Tensor::from_slice(&a.mid()[..len])
-                        })
-                        .collect();
-                    Tensor::stack(&s, 0)
-                })
-                .collect();
-            Ok(Tensor::stack(&rows, 0))
-        }
-    }
+    use crate::train::pretrain::Synthetic as Tones;
 
     fn changed(before: &[(String, Tensor)], nets: &Nets) -> Vec<String> {
         let now: std::collections::HashMap<String, Tensor> = nets.variables().into_iter().collect();

@@ -66,8 +66,7 @@ impl Default for PretrainConfig {
 impl PretrainConfig {
     /// A few steps of tiny nets, for tests.
     pub fn tiny() -> Self {
-        let mut weights = LossWeights::default();
-        weights.quality_step = 2;
+        let weights = LossWeights { quality_step: 2, ..LossWeights::default() };
         PretrainConfig {
             steps: 4,
             batch: 2,
@@ -119,6 +118,28 @@ impl Source for CorpusSource {
             rows.push(Tensor::from_slice(&mid[start..start + EXCERPT]));
         }
         Ok(Tensor::stack(&rows, 0))
+    }
+}
+
+/// Synthetic excerpts (harmonic tones with noise, different per draw), for tests and benchmarks.
+pub struct Synthetic;
+
+impl Synthetic {
+    /// `[n, len]` mono signals.
+    pub fn signals(n: usize, len: usize, rng: &mut ChaCha8Rng) -> Tensor {
+        let rows: Vec<Tensor> = (0..n)
+            .map(|_| {
+                let a = crate::testkit::music_like(stemmark_models::spec::SAMPLE_RATE, len as f64 / 44_100.0 + 0.01, rng.random());
+                Tensor::from_slice(&a.mid()[..len])
+            })
+            .collect();
+        Tensor::stack(&rows, 0)
+    }
+}
+
+impl Source for Synthetic {
+    fn excerpts(&mut self, batch: usize, rng: &mut ChaCha8Rng) -> Result<Tensor> {
+        Ok(Synthetic::signals(batch, EXCERPT, rng))
     }
 }
 
@@ -198,7 +219,7 @@ pub fn step(
     let mut loss = &bce * cfg.weights.bce + &hinge * cfg.weights.wrong_key + &stft_l * q.stft + &mel_l * q.mel;
     let nmr_v = if q.nmr > 0.0 {
         let n = nmr::nmr_loss(&clean, &wm)?;
-        loss = loss + &n * q.nmr;
+        loss += &n * q.nmr;
         n.double_value(&[])
     } else {
         f64::NAN
@@ -248,19 +269,7 @@ mod tests {
     use super::*;
     use rand::SeedableRng;
 
-    /// Synthetic excerpts: tones with noise, different per draw.
-    struct Tones;
-    impl Source for Tones {
-        fn excerpts(&mut self, batch: usize, rng: &mut ChaCha8Rng) -> Result<Tensor> {
-            let rows: Vec<Tensor> = (0..batch)
-                .map(|_| {
-                    let a = crate::testkit::music_like(stemmark_models::spec::SAMPLE_RATE, EXCERPT as f64 / 44_100.0 + 0.01, rng.random());
-                    Tensor::from_slice(&a.mid()[..EXCERPT])
-                })
-                .collect();
-            Ok(Tensor::stack(&rows, 0))
-        }
-    }
+    use Synthetic as Tones;
 
     fn weights(dir: &Path) -> Vec<(String, Tensor)> {
         let mut w = Tensor::read_safetensors(dir.join("checkpoint/nets.safetensors")).unwrap();
