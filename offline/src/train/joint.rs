@@ -111,13 +111,7 @@ pub struct CorpusPairs {
 
 impl CorpusPairs {
     pub fn new(corpus: &Path, split: crate::corpus::Split, seed: u64) -> Result<CorpusPairs> {
-        let c = crate::corpus::Corpus::open(corpus)?;
-        let loaders: Vec<_> = [crate::corpus::Scenario::SpeechMusic, crate::corpus::Scenario::LeadAccompaniment]
-            .into_iter()
-            .filter_map(|s| crate::corpus::Loader::new(&c, split, s, seed).ok())
-            .collect();
-        ensure!(!loaders.is_empty(), "corpus {} has no clips in the {split} split", corpus.display());
-        Ok(CorpusPairs { loaders })
+        Ok(CorpusPairs { loaders: super::pretrain::corpus_loaders(corpus, split, seed)? })
     }
 }
 

@@ -93,14 +93,19 @@ pub struct CorpusSource {
 
 impl CorpusSource {
     pub fn new(corpus: &Path, split: crate::corpus::Split, seed: u64) -> Result<CorpusSource> {
-        let c = crate::corpus::Corpus::open(corpus)?;
-        let loaders: Vec<_> = [crate::corpus::Scenario::SpeechMusic, crate::corpus::Scenario::LeadAccompaniment]
-            .into_iter()
-            .filter_map(|s| crate::corpus::Loader::new(&c, split, s, seed).ok())
-            .collect();
-        ensure!(!loaders.is_empty(), "corpus {} has no clips in the {split} split", corpus.display());
-        Ok(CorpusSource { loaders })
+        Ok(CorpusSource { loaders: corpus_loaders(corpus, split, seed)? })
     }
+}
+
+/// One loader per scenario that has clips in `split` (at least one, else an error).
+pub fn corpus_loaders(corpus: &Path, split: crate::corpus::Split, seed: u64) -> Result<Vec<crate::corpus::Loader>> {
+    let c = crate::corpus::Corpus::open(corpus)?;
+    let loaders: Vec<_> = [crate::corpus::Scenario::SpeechMusic, crate::corpus::Scenario::LeadAccompaniment]
+        .into_iter()
+        .filter_map(|s| crate::corpus::Loader::new(&c, split, s, seed).ok())
+        .collect();
+    ensure!(!loaders.is_empty(), "corpus {} has no clips in the {split} split", corpus.display());
+    Ok(loaders)
 }
 
 impl Source for CorpusSource {
