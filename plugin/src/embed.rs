@@ -1,21 +1,25 @@
-//! Stemmark Embed: goes on each stem track and writes that stem's watermark.
+//! Stemmark Embed: goes on each stem track and writes that stem's watermark into every 2 s block
+//! of the host timeline's grid, with a fixed, reported latency (see [`crate::latency`]).
 //!
-//! For now it passes audio through unchanged; the embedder (worker thread, rings, latency) is a
-//! later issue and slots into [`Tap`] and `process()` without changing this structure.
+//! `process()` only moves samples between the host buffers and the [`Engine`]'s rings; the model
+//! runs on the engine's worker thread (see [`crate::worker`]).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use nice_plug::prelude::*;
 
+use crate::engine::Engine;
 use crate::params::EmbedParams;
-use crate::tap::Tap;
+use crate::worker::Shared;
 
 /// The Embed plugin instance.
 #[derive(Default)]
 pub struct StemmarkEmbed {
     params: Arc<EmbedParams>,
+    shared: Arc<Shared>,
     /// Built in `activate()`; `None` until the host activates the instance.
-    tap: Option<Tap>,
+    engine: Option<Engine>,
 }
 
 impl Plugin for StemmarkEmbed {
@@ -28,7 +32,7 @@ impl Plugin for StemmarkEmbed {
     // Stereo first: it is the default layout hosts pick. Mono stems are common, so offer it too.
     const AUDIO_IO_LAYOUTS: &'static [AudioIOLayout] = &[crate::STEREO, crate::MONO];
 
-    type Editor = ();
+    type Editor = crate::editor::EmbedEditor;
     type SysExMessage = ();
     type BackgroundTask = ();
 
@@ -36,29 +40,69 @@ impl Plugin for StemmarkEmbed {
         self.params.clone()
     }
 
+    fn editor(&mut self, _async_executor: AsyncExecutor<Self>) -> Option<Self::Editor> {
+        crate::editor::new(self.params.clone(), self.shared.clone())
+    }
+
     fn activate(
         &mut self,
-        _audio_io_layout: &AudioIOLayout,
+        audio_io_layout: &AudioIOLayout,
         buffer_config: &BufferConfig,
-        _context: &mut impl ActivateContext<Self>,
+        context: &mut impl ActivateContext<Self>,
     ) -> bool {
+        let channels = audio_io_layout
+            .main_output_channels
+            .map_or(2, |c| c.get() as usize);
+        let offline = buffer_config.process_mode == ProcessMode::Offline;
+        let max_buffer = buffer_config.max_buffer_size as usize;
         // Hosts may activate repeatedly (state restore); only rebuild when the setup changed.
-        let reusable = self.tap.as_ref().is_some_and(|tap| {
-            tap.sample_rate == buffer_config.sample_rate
-                && tap.capacity() >= buffer_config.max_buffer_size as usize
+        let reusable = self.engine.as_ref().is_some_and(|e| {
+            e.rate == buffer_config.sample_rate
+                && e.channels == channels
+                && e.max_buffer >= max_buffer.max(1)
+                && e.offline == offline
         });
         if !reusable {
-            self.tap = Some(Tap::new(
+            // The old worker must be gone before the new one starts (they share the status).
+            self.engine = None;
+            if let Ok(mut p) = self.shared.provider.write() {
+                let want = self
+                    .params
+                    .provider
+                    .read()
+                    .map(|s| s.clone())
+                    .unwrap_or_default();
+                *p = want.parse().unwrap_or_default();
+            }
+            match Engine::new(
+                self.params.clone(),
+                self.shared.clone(),
                 buffer_config.sample_rate,
-                buffer_config.max_buffer_size,
-            ));
+                channels,
+                max_buffer,
+                offline,
+            ) {
+                Ok(engine) => {
+                    // Loading the model takes a moment; waiting here (main thread) means the
+                    // first blocks are marked. A slow load just starts dry, never blocks audio.
+                    engine.wait_ready(Duration::from_secs(10));
+                    self.engine = Some(engine);
+                }
+                Err(e) => {
+                    nice_error!("Stemmark Embed: {e}");
+                    return false;
+                }
+            }
+        }
+        if let Some(engine) = &self.engine {
+            context.set_latency_samples(engine.latency.total as u32);
         }
         true
     }
 
     fn reset(&mut self) {
-        if let Some(tap) = self.tap.as_mut() {
-            tap.reset();
+        if let Some(engine) = self.engine.as_mut() {
+            engine.reset();
         }
     }
 
@@ -66,16 +110,18 @@ impl Plugin for StemmarkEmbed {
         &mut self,
         buffer: &mut Buffer,
         _aux: &mut AuxiliaryBuffers,
-        _context: &mut impl ProcessContext<Self>,
+        context: &mut impl ProcessContext<Self>,
     ) -> ProcessStatus {
-        // nice-plug has already copied input to output, so doing nothing is a bit-exact
-        // pass-through; that is also what bypass and "not activated yet" mean.
-        if self.params.bypass.value() {
+        let Some(engine) = self.engine.as_mut() else {
             return ProcessStatus::Normal;
-        }
-        if let Some(tap) = self.tap.as_mut() {
-            tap.feed(buffer.as_slice_immutable());
-        }
+        };
+        let transport = context.transport();
+        let position = if transport.playing {
+            transport.pos_samples()
+        } else {
+            None
+        };
+        engine.process(buffer.as_slice(), position, self.params.bypass.value());
         ProcessStatus::Normal
     }
 }

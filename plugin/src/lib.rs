@@ -1,9 +1,9 @@
 //! Stemmark Embed and Stemmark Detect: one cdylib exporting both plugins as CLAP and VST3.
 //!
-//! - [`StemmarkEmbed`] goes on each stem track and (in a later issue) writes the stem's watermark.
+//! - [`StemmarkEmbed`] goes on each stem track and writes the stem's watermark.
 //! - [`StemmarkDetect`] goes on the master bus and analyses the mix in the background.
 //!
-//! Both pass audio through unchanged for now. The shape of the real-time code already follows
+//! Detect passes audio through unchanged for now. The shape of the real-time code already follows
 //! DESIGN.md's "Real-time rules": everything an instance needs while processing is allocated in
 //! `activate()`, and `process()` only touches those preallocated buffers. Debug builds abort on any
 //! allocation in `process()` (the `assert_process_allocs` feature, on by default).
@@ -14,13 +14,19 @@
 use nice_plug::prelude::*;
 
 mod detect;
+mod editor;
 mod embed;
+mod engine;
+pub mod latency;
+mod locate;
 mod params;
+pub mod status;
 mod tap;
+mod worker;
 
 pub use detect::StemmarkDetect;
 pub use embed::StemmarkEmbed;
-pub use params::{DetectParams, EmbedParams};
+pub use params::{DetectParams, EmbedParams, StoredKey};
 
 /// Vendor metadata shared by both plugins. The project has no public web page or contact address
 /// yet; empty strings are valid for both CLAP and VST3 and hosts just show nothing.

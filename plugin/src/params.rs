@@ -1,8 +1,18 @@
 //! Parameters of both plugins. Parameter ids are stable strings (they key presets and automation):
 //! never rename an `#[id]`, only the field or the display name.
 
+use std::sync::RwLock;
+
 use nice_plug::prelude::*;
 use stemmark_models::payload::MAX_PAYLOAD;
+
+/// The stem's key as saved with the session: the 128-bit secret in hex and its name. The
+/// passphrase it may have come from is never stored.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct StoredKey {
+    pub name: String,
+    pub hex: String,
+}
 
 /// Stemmark Embed's parameters.
 #[derive(Params)]
@@ -22,6 +32,18 @@ pub struct EmbedParams {
     /// in 0..=2^24-1 round-trips through the host without loss (checked exhaustively).
     #[id = "payload"]
     pub payload: IntParam,
+
+    /// The key, persisted in the plugin state (never the passphrase). The worker watches it.
+    #[persist = "key"]
+    pub key: RwLock<Option<StoredKey>>,
+
+    /// The stem's label, shown in the editor and saved with the session.
+    #[persist = "label"]
+    pub label: RwLock<String>,
+
+    /// "cpu" or "cuda"; CUDA falls back to the CPU with a message when unavailable.
+    #[persist = "provider"]
+    pub provider: RwLock<String>,
 }
 
 impl Default for EmbedParams {
@@ -45,6 +67,9 @@ impl Default for EmbedParams {
                 },
             )
             .non_automatable(),
+            key: RwLock::new(None),
+            label: RwLock::new(String::new()),
+            provider: RwLock::new("cpu".into()),
         }
     }
 }

@@ -16,6 +16,7 @@ use std::process::Command;
 use std::time::SystemTime;
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
+use clack_extensions::latency::PluginLatency;
 use clack_host::events::io::{InputEvents, OutputEvents};
 use clack_host::prelude::*;
 
@@ -262,23 +263,34 @@ fn host_session(bundle: &Path) -> Result<()> {
 
     let input = test_signal();
     for id in [DETECT_ID, EMBED_ID] {
-        let output = run_plugin(&entry, id, &input)?;
+        // Embed reports a latency (about 2 s) and, without a key, passes audio through delayed
+        // by exactly that; Detect reports none.
+        let (output, latency) = run_plugin(&entry, id, &input)?;
+        let latency = latency as usize;
+        ensure!(
+            latency < input[0].len(),
+            "{id}: latency {latency} leaves nothing to compare"
+        );
         for (channel, (inp, out)) in input.iter().zip(&output).enumerate() {
+            if let Some(i) = out[..latency].iter().position(|x| x.to_bits() != 0) {
+                bail!("{id}: channel {channel} is not silent before its latency, at {i}");
+            }
+            let delayed = &out[latency..];
             if let Some(i) = inp
                 .iter()
-                .zip(out)
+                .zip(delayed)
                 .position(|(a, b)| a.to_bits() != b.to_bits())
             {
                 bail!(
                     "{id}: channel {channel} differs at sample {i}: in {} out {}",
                     inp[i],
-                    out[i]
+                    delayed[i]
                 );
             }
         }
         println!(
-            "{id}: {} frames passed through bit-identically",
-            input[0].len()
+            "{id}: {} frames passed through bit-identically, delayed by {latency}",
+            input[0].len() - latency
         );
     }
     Ok(())
@@ -286,7 +298,11 @@ fn host_session(bundle: &Path) -> Result<()> {
 
 /// Instantiates plugin `id`, activates it at 48 kHz, processes `input` on an audio thread in
 /// varying buffer sizes, then stops, deactivates and destroys it. Returns the output.
-fn run_plugin(entry: &PluginEntry, id: &str, input: &[Vec<f32>; 2]) -> Result<[Vec<f32>; 2]> {
+fn run_plugin(
+    entry: &PluginEntry,
+    id: &str,
+    input: &[Vec<f32>; 2],
+) -> Result<([Vec<f32>; 2], u32)> {
     let host_info = HostInfo::new("stemmark-tests", "Stemmark", "https://example.org", "0.1.0")
         .map_err(|e| anyhow!("host info: {e}"))?;
     let id_c = std::ffi::CString::new(id)?;
@@ -302,6 +318,11 @@ fn run_plugin(entry: &PluginEntry, id: &str, input: &[Vec<f32>; 2]) -> Result<[V
     let processor = instance
         .activate(|_, _| (), config)
         .map_err(|e| anyhow!("{id}: activate: {e}"))?;
+    let latency = {
+        let handle = instance.plugin_handle();
+        let ext: Option<PluginLatency> = handle.get_extension();
+        ext.map_or(0, |l| l.get(&handle))
+    };
 
     let frames = input[0].len();
     let mut output = [vec![0.0f32; frames], vec![0.0f32; frames]];
@@ -374,7 +395,7 @@ fn run_plugin(entry: &PluginEntry, id: &str, input: &[Vec<f32>; 2]) -> Result<[V
     // Serve anything the plugin queued for the main thread before it is destroyed.
     instance.call_on_main_thread_callback();
     drop(instance);
-    Ok(output)
+    Ok((output, latency))
 }
 
 /// A few seconds of stereo: different tones per channel, deterministic noise, and the sample

@@ -2,6 +2,7 @@
 
 mod bundle;
 mod demo;
+mod pytools;
 mod setup;
 mod test;
 mod torch;

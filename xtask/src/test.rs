@@ -11,6 +11,8 @@ pub fn main(args: &[String]) -> Result<()> {
         bail!("unknown test option {bad:?} (usage: cargo xtask test)");
     }
     let lib = setup::install_ort(false)?;
+    // pedalboard hosts the VST3 in the plugin tests.
+    crate::pytools::install_pedalboard()?;
     // The host tests load the built bundles, so build them first: release for the host test, debug
     // (with nice-plug's assert_process_allocs) for the no-allocation test.
     crate::bundle::run(vec!["stemmark-plugin".into(), "--release".into()])?;
