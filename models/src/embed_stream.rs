@@ -25,7 +25,6 @@ pub struct EmbedStream {
     key: Key,
     word: u32,
     strength: f32,
-    mid_stft: StreamingStft,
     ch_stft: Vec<StreamingStft>,
     ch_istft: Vec<StreamingIstft>,
     /// Mid magnitudes of the current block, `[1, BINS, FRAMES_PER_BLOCK]`.
@@ -36,7 +35,6 @@ pub struct EmbedStream {
     block_first: usize,
     /// Frames of the current block collected so far.
     filled: usize,
-    mid: Vec<f32>,
     pushed: usize,
     /// Blocks marked so far (a partial last block counts when it is flushed).
     pub blocks_done: usize,
@@ -56,14 +54,12 @@ impl EmbedStream {
             key: key.clone(),
             word,
             strength,
-            mid_stft: StreamingStft::new(),
             ch_stft: (0..channels).map(|_| StreamingStft::new()).collect(),
             ch_istft: (0..channels).map(|_| StreamingIstft::new()).collect(),
             mag: Array3::zeros((1, BINS, FRAMES_PER_BLOCK)),
             frames: vec![vec![Complex32::new(0.0, 0.0); BINS * FRAMES_PER_BLOCK]; channels],
             block_first: 0,
             filled: 0,
-            mid: Vec::with_capacity(HOP),
             pushed: 0,
             blocks_done: 0,
         })
@@ -132,7 +128,6 @@ impl EmbedStream {
 
     /// Forgets everything (transport stop or seek): the next sample pushed starts block 0.
     pub fn reset(&mut self) {
-        self.mid_stft.reset();
         self.ch_stft.iter_mut().for_each(StreamingStft::reset);
         self.ch_istft.iter_mut().for_each(StreamingIstft::reset);
         self.block_first = 0;
@@ -140,29 +135,27 @@ impl EmbedStream {
         self.pushed = 0;
     }
 
-    /// Pushes ≤ HOP samples per channel into the analysers, storing any completed frame.
+    /// Pushes ≤ HOP samples per channel into the analysers, storing any completed frame. The mid
+    /// signal's spectrum is the mean of the channels' spectra (the STFT is linear), which saves
+    /// one FFT per frame.
     fn feed(&mut self, chunk: &[&[f32]]) -> Result<(), ModelError> {
-        let n_ch = chunk.len() as f32;
-        self.mid.clear();
-        self.mid.extend((0..chunk[0].len()).map(|i| chunk.iter().map(|c| c[i]).sum::<f32>() / n_ch));
-        let (first, mag) = (self.block_first, &mut self.mag);
+        let first = self.block_first;
         let mut got = None;
-        self.mid_stft.push(&self.mid, |j, bins| {
-            let t = j - first;
-            for (b, z) in bins.iter().enumerate() {
-                mag[[0, b, t]] = z.norm();
-            }
-            got = Some(t);
-        });
         for (c, stft) in self.ch_stft.iter_mut().enumerate() {
             let frames = &mut self.frames[c];
             stft.push(chunk[c], |j, bins| {
                 let t = j - first;
                 frames[t * BINS..(t + 1) * BINS].copy_from_slice(bins);
+                got = Some(t);
             });
         }
         if let Some(t) = got {
             debug_assert_eq!(t, self.filled);
+            let n = self.frames.len() as f32;
+            for b in 0..BINS {
+                let sum: Complex32 = self.frames.iter().map(|f| f[t * BINS + b]).sum();
+                self.mag[[0, b, t]] = sum.norm() / n;
+            }
             self.filled = t + 1;
         }
         Ok(())

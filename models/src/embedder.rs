@@ -28,7 +28,13 @@ pub struct Embedder {
 
 impl Embedder {
     pub fn open(dir: &Path, provider: Provider) -> Result<Embedder, ModelError> {
-        let (manifest, model) = modelset::open(dir, contract::EMBEDDER, provider)?;
+        Embedder::open_with_threads(dir, provider, modelset::all_cores())
+    }
+
+    /// [`open`](Self::open) with `threads` ONNX Runtime threads (1 for a plugin instance, so many
+    /// stems do not all claim every core).
+    pub fn open_with_threads(dir: &Path, provider: Provider, threads: usize) -> Result<Embedder, ModelError> {
+        let (manifest, model) = modelset::open_with_threads(dir, contract::EMBEDDER, provider, threads)?;
         Ok(Embedder { model, manifest })
     }
 

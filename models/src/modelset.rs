@@ -39,11 +39,21 @@ pub fn default_dir() -> Option<PathBuf> {
     roots.into_iter().map(|r| r.join("models")).find(|d| d.join(manifest::FILE).is_file())
 }
 
+/// ONNX Runtime threads per session when the caller does not say: every core (a command-line
+/// tool has the machine to itself; a plugin instance should ask for 1).
+pub fn all_cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
 /// Opens one model of the folder `dir` after checking its manifest and checksum.
 pub fn open(dir: &Path, contract: Contract, provider: Provider) -> Result<(Manifest, Model), ModelError> {
+    open_with_threads(dir, contract, provider, all_cores())
+}
+
+/// [`open`] with a given number of intra-op threads.
+pub fn open_with_threads(dir: &Path, contract: Contract, provider: Provider, threads: usize) -> Result<(Manifest, Model), ModelError> {
     let m = Manifest::load(dir)?;
     let path = m.verified_path(dir, &contract)?;
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let model = Model::open(&path, contract, provider, threads)?;
     Ok((m, model))
 }

@@ -84,8 +84,10 @@ impl Plugin for StemmarkEmbed {
             ) {
                 Ok(engine) => {
                     // Loading the model takes a moment; waiting here (main thread) means the
-                    // first blocks are marked. A slow load just starts dry, never blocks audio.
-                    engine.wait_ready(Duration::from_secs(10));
+                    // first blocks are marked. In real time a slow load just starts dry; an
+                    // offline render must not lose a block, so it waits much longer (a loaded
+                    // machine can take more than 10 s to open a session).
+                    engine.wait_ready(Duration::from_secs(if offline { 120 } else { 10 }));
                     self.engine = Some(engine);
                 }
                 Err(e) => {

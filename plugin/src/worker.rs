@@ -219,13 +219,14 @@ impl Worker {
             ));
         };
         let want = self.shared.provider.read().map(|p| *p).unwrap_or_default();
-        let opened = match Embedder::open(&models, want) {
+        // One ONNX Runtime thread per instance: a session has many stems, each with its own.
+        let opened = match Embedder::open_with_threads(&models, want, 1) {
             Ok(e) => Ok(e),
             Err(e) if want == Provider::Cuda => {
                 let why = format!("CUDA unavailable ({e}); running on the CPU");
                 nice_warn!("Stemmark Embed: {why}");
                 status.edit_text(|t| t.error = why);
-                Embedder::open(&models, Provider::Cpu)
+                Embedder::open_with_threads(&models, Provider::Cpu, 1)
             }
             Err(e) => Err(e),
         };

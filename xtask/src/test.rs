@@ -22,7 +22,15 @@ pub fn main(args: &[String]) -> Result<()> {
         Command::new(&cargo)
             .current_dir(setup::root())
             .env("STEMMARK_ORT_LIB", &lib)
-            .args(["test", "--workspace", "--no-fail-fast"]),
+            .args(["test", "--workspace", "--exclude", "stemmark-tests", "--no-fail-fast"]),
+    )?;
+    // The end-to-end tests run real plugin hosts with worker threads in child processes; one at a
+    // time, so they do not starve each other on a small machine.
+    setup::run(
+        Command::new(&cargo)
+            .current_dir(setup::root())
+            .env("STEMMARK_ORT_LIB", &lib)
+            .args(["test", "-p", "stemmark-tests", "--no-fail-fast", "--", "--test-threads=1"]),
     )?;
     // The training pipeline links libtorch, so it builds and tests behind its feature.
     let libtorch = crate::torch::install_torch()?;
