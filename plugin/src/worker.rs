@@ -294,14 +294,7 @@ impl Worker {
         st.seq += n as u64;
         st.abs += n as u64;
         if st.pipe.is_some() {
-            // Taken out for the call, which needs the rest of the state mutably.
-            let planar = std::mem::take(&mut st.planar);
-            let input: Vec<&[f32]> = planar.iter().map(|p| &p[..n]).collect();
-            let result = self.run_pipeline(st, &input);
-            st.planar = planar;
-            if let Err(e) = result {
-                self.fail_pipeline(st, e);
-            }
+            self.run_planar(st, n);
         } else {
             self.fill_dry(st, st.abs + self.latency.handoff as u64);
         }
@@ -360,12 +353,7 @@ impl Worker {
                     st.planar[c][f] = st.history[h * ch + c];
                 }
             }
-            let planar = std::mem::take(&mut st.planar);
-            let input: Vec<&[f32]> = planar.iter().map(|p| &p[..n]).collect();
-            let result = self.run_pipeline(st, &input);
-            st.planar = planar;
-            if let Err(e) = result {
-                self.fail_pipeline(st, e);
+            if !self.run_planar(st, n) {
                 return;
             }
             at += n as u64;
@@ -443,6 +431,23 @@ impl Worker {
     }
 
     /// Pushes one chunk of host input through the pipeline and writes what comes out.
+    /// Runs the pipeline on the first `n` frames of `st.planar`; on failure the pipeline is
+    /// dropped (audio passes dry) and false is returned.
+    fn run_planar(&mut self, st: &mut State_, n: usize) -> bool {
+        // Taken out for the call, which needs the rest of the state mutably.
+        let planar = std::mem::take(&mut st.planar);
+        let input: Vec<&[f32]> = planar.iter().map(|p| &p[..n]).collect();
+        let result = self.run_pipeline(st, &input);
+        st.planar = planar;
+        match result {
+            Ok(()) => true,
+            Err(e) => {
+                self.fail_pipeline(st, e);
+                false
+            }
+        }
+    }
+
     fn run_pipeline(&mut self, st: &mut State_, input: &[&[f32]]) -> Result<(), String> {
         let (Some(pipe), Some(emb)) = (st.pipe.as_mut(), st.embedder.as_mut()) else {
             return Ok(());
