@@ -10,14 +10,15 @@
 //! nice-plug's logger gets `NICE_LOG` pointing at a file from the start (its stderr logger can
 //! deadlock when stderr is a closed pipe, and `set_var` in a threaded harness is unsound).
 
+#[path = "../src/clap_host.rs"]
+mod clap_host;
+
 use std::ffi::CStr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::SystemTime;
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
-use clack_extensions::latency::PluginLatency;
-use clack_host::events::io::{InputEvents, OutputEvents};
 use clack_host::prelude::*;
 
 /// Selects the bundle [`host_child`] loads; unset means "not a child", and it does nothing.
@@ -27,7 +28,6 @@ const EMBED_ID: &str = "org.stemmark.embed";
 const DETECT_ID: &str = "org.stemmark.detect";
 
 const SAMPLE_RATE: f64 = 48_000.0;
-const MAX_FRAMES: u32 = 1024;
 /// Host buffer sizes, cycled: 1 sample, the maximum, odd and non-power-of-two sizes.
 const BLOCK_SIZES: [usize; 8] = [512, 1, 64, 1024, 37, 480, 1000, 256];
 const SECONDS: f64 = 3.0;
@@ -196,30 +196,9 @@ fn warn_if_stale(bundle: &Path, plugin_dir: &Path) {
     }
 }
 
-// --- The host ---
-
-struct TestHost;
-
-struct TestShared;
-
-impl SharedHandler<'_> for TestShared {
-    // One instance processing a fixed script needs none of these.
-    fn request_restart(&self) {}
-    fn request_process(&self) {}
-    fn request_callback(&self) {}
-}
-
-impl HostHandlers for TestHost {
-    type Shared<'a> = TestShared;
-    type MainThread<'a> = ();
-    type AudioProcessor<'a> = ();
-}
-
 /// Loads the bundle, checks its descriptors, and runs both plugins on a test signal.
 fn host_session(bundle: &Path) -> Result<()> {
-    // SAFETY: loading a CLAP library runs its code; this is the library under test.
-    let entry = unsafe { PluginEntry::load(bundle) }
-        .map_err(|e| anyhow!("could not load {}: {e}", bundle.display()))?;
+    let entry = clap_host::load(bundle)?;
     let factory = entry
         .get_plugin_factory()
         .context("the bundle has no CLAP plugin factory")?;
@@ -296,106 +275,17 @@ fn host_session(bundle: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Instantiates plugin `id`, activates it at 48 kHz, processes `input` on an audio thread in
-/// varying buffer sizes, then stops, deactivates and destroys it. Returns the output.
-fn run_plugin(
-    entry: &PluginEntry,
-    id: &str,
-    input: &[Vec<f32>; 2],
-) -> Result<([Vec<f32>; 2], u32)> {
-    let host_info = HostInfo::new("stemmark-tests", "Stemmark", "https://example.org", "0.1.0")
-        .map_err(|e| anyhow!("host info: {e}"))?;
-    let id_c = std::ffi::CString::new(id)?;
-    let mut instance =
-        PluginInstance::<TestHost>::new(|_| TestShared, |_| (), entry, &id_c, &host_info)
-            .map_err(|e| anyhow!("{id}: instantiate: {e}"))?;
-
-    let config = PluginAudioConfiguration {
-        sample_rate: SAMPLE_RATE,
-        min_frames_count: 1,
-        max_frames_count: MAX_FRAMES,
-    };
-    let processor = instance
-        .activate(|_, _| (), config)
-        .map_err(|e| anyhow!("{id}: activate: {e}"))?;
-    let latency = {
-        let handle = instance.plugin_handle();
-        let ext: Option<PluginLatency> = handle.get_extension();
-        ext.map_or(0, |l| l.get(&handle))
-    };
-
-    let frames = input[0].len();
-    let mut output = [vec![0.0f32; frames], vec![0.0f32; frames]];
-    // Everything the audio thread touches is allocated here, as a real host would.
-    let mut in_bufs = [
-        vec![0.0f32; MAX_FRAMES as usize],
-        vec![0.0f32; MAX_FRAMES as usize],
-    ];
-    let mut out_bufs = in_bufs.clone();
-    let mut in_ports = AudioPorts::with_capacity(2, 1);
-    let mut out_ports = AudioPorts::with_capacity(2, 1);
-
-    let audio_thread = std::thread::scope(|scope| {
-        scope
-            .spawn(|| -> Result<_> {
-                let mut processor = processor
-                    .start_processing()
-                    .map_err(|e| anyhow!("start_processing: {e}"))?;
-                let mut pos = 0;
-                let mut block = 0;
-                while pos < frames {
-                    let n = BLOCK_SIZES[block % BLOCK_SIZES.len()].min(frames - pos);
-                    block += 1;
-                    for (buf, src) in in_bufs.iter_mut().zip(input) {
-                        buf[..n].copy_from_slice(&src[pos..pos + n]);
-                    }
-                    // Poison, so an output the plugin never wrote cannot pass as audio.
-                    for buf in &mut out_bufs {
-                        buf[..n].fill(f32::NAN);
-                    }
-                    let inputs = in_ports.with_input_buffers([AudioPortBuffer {
-                        latency: 0,
-                        channels: AudioPortBufferType::f32_input_only(
-                            in_bufs
-                                .iter_mut()
-                                .map(|b| InputChannel::variable(&mut b[..n])),
-                        ),
-                    }]);
-                    let mut outputs = out_ports.with_output_buffers([AudioPortBuffer {
-                        latency: 0,
-                        channels: AudioPortBufferType::f32_output_only(
-                            out_bufs.iter_mut().map(|b| &mut b[..n]),
-                        ),
-                    }]);
-                    processor
-                        .process(
-                            &inputs,
-                            &mut outputs,
-                            &InputEvents::empty(),
-                            &mut OutputEvents::void(),
-                            Some(pos as u64),
-                            None,
-                        )
-                        .map_err(|e| anyhow!("process at frame {pos} ({n} frames): {e}"))?;
-                    for (dst, buf) in output.iter_mut().zip(&out_bufs) {
-                        dst[pos..pos + n].copy_from_slice(&buf[..n]);
-                    }
-                    pos += n;
-                }
-                Ok(processor.stop_processing())
-            })
-            .join()
-    });
-    let processor = match audio_thread {
-        Ok(result) => result.with_context(|| format!("{id}: audio thread"))?,
-        Err(_) => bail!("{id}: the audio thread panicked"),
-    };
-
-    instance.deactivate(processor);
+/// Instantiates plugin `id`, runs `input` through it at 48 kHz on an audio thread in varying
+/// buffer sizes (the shared test host), and destroys it. Returns the output and the latency.
+fn run_plugin(entry: &PluginEntry, id: &str, input: &[Vec<f32>; 2]) -> Result<([Vec<f32>; 2], u32)> {
+    let mut instance = clap_host::instantiate(entry, id)?;
+    let sizes = clap_host::Sizes::Cycle(BLOCK_SIZES.to_vec());
+    let run = clap_host::run(&mut instance, SAMPLE_RATE, &sizes, input, None).with_context(|| format!("{id}: host run"))?;
     // Serve anything the plugin queued for the main thread before it is destroyed.
     instance.call_on_main_thread_callback();
     drop(instance);
-    Ok((output, latency))
+    let [left, right]: [Vec<f32>; 2] = run.output.try_into().map_err(|_| anyhow!("{id}: output is not stereo"))?;
+    Ok(([left, right], run.latency))
 }
 
 /// A few seconds of stereo: different tones per channel, deterministic noise, and the sample
