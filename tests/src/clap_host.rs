@@ -366,6 +366,25 @@ pub fn nice_state_bytes(state: &serde_json::Value) -> Result<Vec<u8>> {
     Ok(out)
 }
 
+/// Writes 8-bit RGB rows (`width` × `height`) as a PNG file, atomically (temp file + rename).
+pub fn write_png(path: &Path, width: u32, height: u32, rgb: &[u8]) -> Result<()> {
+    anyhow::ensure!(
+        rgb.len() == (width * height * 3) as usize,
+        "{} bytes is not a {width}×{height} RGB image",
+        rgb.len()
+    );
+    let tmp = path.with_extension("png.part");
+    {
+        let file = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
+        let mut enc = png::Encoder::new(file, width, height);
+        enc.set_color(png::ColorType::Rgb);
+        enc.set_depth(png::BitDepth::Eight);
+        enc.write_header()?.write_image_data(rgb)?;
+    }
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}
+
 /// Opens the plugin's editor (CLAP gui, embedded X11) inside a new top-level window on
 /// `display`, lets it draw for `settle`, and returns the window's pixels as RGB rows
 /// (`width`, `height`, data). The editor is destroyed again before returning.

@@ -684,11 +684,11 @@ fn editor_screenshot_under_xvfb() {
     };
     std::thread::sleep(std::time::Duration::from_millis(800));
     let child = Child::new();
-    let ppm = child.path("embed.ppm");
+    let shot_path = child.path("embed.png");
     let job = json!({
         "bundle": bundle, "rate": 44_100.0, "offline": true,
         "key": {"name": "vocals", "hex": KEY_HEX}, "payload": PAYLOAD, "label": "Lead vocal",
-        "screenshot": ppm, "jobs": [],
+        "screenshot": shot_path, "jobs": [],
     });
     let result = std::panic::catch_unwind(|| {
         let job_path = child.path("job.json");
@@ -734,21 +734,7 @@ fn editor_screenshot_under_xvfb() {
     let dir = workspace_root().join("target/screenshots");
     std::fs::create_dir_all(&dir).unwrap();
     let png = dir.join("embed.png");
-    let python = pytools::venv_python().unwrap();
-    let status = Command::new(python)
-        .args([
-            "-c",
-            "import sys; from PIL import Image; Image.open(sys.argv[1]).save(sys.argv[2])",
-        ])
-        .arg(&ppm)
-        .arg(&png)
-        .status()
-        .unwrap();
-    assert!(
-        status.success() && png.is_file(),
-        "could not write {}",
-        png.display()
-    );
+    std::fs::copy(&shot_path, &png).unwrap();
     println!("wrote {}", png.display());
 }
 
@@ -959,10 +945,7 @@ fn child_main(job_path: &Path) -> Result<()> {
             &display,
             std::time::Duration::from_secs(3),
         )?;
-        // Binary PPM; the parent converts it to PNG.
-        let mut ppm = format!("P6\n{w} {h}\n255\n").into_bytes();
-        ppm.extend_from_slice(&rgb);
-        std::fs::write(shot, ppm)?;
+        clap_host::write_png(Path::new(shot), w, h, &rgb)?;
         let lit = rgb.iter().filter(|&&v| v > 16).count();
         result["screenshot"] = json!({"width": w, "height": h, "lit": lit});
     }
