@@ -129,6 +129,21 @@ impl DetectStream {
         Ok(())
     }
 
+    /// A discontinuity (seek, loop, dropped input): the next sample pushed is the start of a new
+    /// block on the grid. Context is cleared; the logits gathered so far keep counting.
+    pub fn restart(&mut self) {
+        for h in &mut self.hist {
+            h.fill(0.0);
+        }
+        self.pushed = 0;
+        self.next_block = 0;
+    }
+
+    /// The keys being read, in reading order.
+    pub fn keys(&self) -> &[Key] {
+        &self.keys
+    }
+
     /// Samples pushed so far.
     pub fn pushed(&self) -> usize {
         self.pushed

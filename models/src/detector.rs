@@ -53,6 +53,12 @@ impl Detector {
         Ok(Detector { model, manifest })
     }
 
+    /// [`open`](Self::open) with `threads` ONNX Runtime threads (a plugin instance uses few).
+    pub fn open_with_threads(dir: &Path, provider: Provider, threads: usize) -> Result<Detector, ModelError> {
+        let (manifest, model) = modelset::open_with_threads(dir, contract::DETECTOR, provider, threads)?;
+        Ok(Detector { model, manifest })
+    }
+
     pub fn provider(&self) -> Provider {
         self.model.provider
     }
@@ -155,4 +161,41 @@ impl Detector {
 pub fn audible(block: &[f32]) -> bool {
     let ms = block.iter().map(|x| (*x as f64).powi(2)).sum::<f64>() / block.len().max(1) as f64;
     10.0 * ms.max(1e-30).log10() > SILENCE_DBFS as f64
+}
+
+/// One payload found with one key, and every place it was read.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Found {
+    pub key: String,
+    pub fingerprint: String,
+    pub payload: u32,
+    /// Where it was read: "mix" and/or separated stem names
+    pub read_on: Vec<String>,
+    /// Smallest false-positive rate among those readings
+    pub false_positive_rate: f64,
+}
+
+/// Groups the readings whose verdict is Found by (key, payload): `(place, key name, fingerprint,
+/// decision)` per reading. The CLI and Stemmark Detect summarise with this one rule.
+pub fn summarise<'a>(readings: impl IntoIterator<Item = (&'a str, &'a str, &'a str, &'a crate::decision::Decision)>) -> Vec<Found> {
+    let mut found: Vec<Found> = Vec::new();
+    for (place, key, fingerprint, d) in readings {
+        let (crate::decision::Verdict::Found, Some(payload)) = (d.verdict, d.payload) else {
+            continue;
+        };
+        match found.iter_mut().find(|f| f.fingerprint == fingerprint && f.payload == payload) {
+            Some(f) => {
+                f.read_on.push(place.to_string());
+                f.false_positive_rate = f.false_positive_rate.min(d.false_positive_rate);
+            }
+            None => found.push(Found {
+                key: key.to_string(),
+                fingerprint: fingerprint.to_string(),
+                payload,
+                read_on: vec![place.to_string()],
+                false_positive_rate: d.false_positive_rate,
+            }),
+        }
+    }
+    found
 }

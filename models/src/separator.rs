@@ -27,6 +27,12 @@ impl Separator {
         Ok(Separator { model })
     }
 
+    /// [`open`](Self::open) with `threads` ONNX Runtime threads (a plugin instance uses few).
+    pub fn open_with_threads(dir: &Path, provider: Provider, threads: usize) -> Result<Separator, ModelError> {
+        let (_, model) = modelset::open_with_threads(dir, contract::SEPARATOR, provider, threads)?;
+        Ok(Separator { model })
+    }
+
     pub fn provider(&self) -> Provider {
         self.model.provider
     }

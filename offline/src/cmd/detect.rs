@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 use serde::Serialize;
 use stemmark_models::decision::Verdict;
-use stemmark_models::detector::{Alignment, Detector, KeyReport};
+use stemmark_models::detector::{Alignment, Detector, Found, KeyReport};
 use stemmark_models::separator::Separator;
 use stemmark_models::spec::{BLOCK, SAMPLE_RATE, STEM_NAMES};
 
@@ -39,17 +39,6 @@ pub struct Reading {
     pub stem: Option<&'static str>,
     #[serde(flatten)]
     pub report: KeyReport,
-}
-
-#[derive(Debug, Serialize)]
-pub struct Found {
-    pub key: String,
-    pub fingerprint: String,
-    pub payload: u32,
-    /// Where it was read: "mix" and/or separated stem names
-    pub read_on: Vec<String>,
-    /// Smallest false-positive rate among those readings
-    pub false_positive_rate: f64,
 }
 
 #[derive(Debug, Serialize)]
@@ -113,25 +102,9 @@ pub fn run(args: Args, opts: &ModelOpts, json: bool) -> Result<i32> {
 }
 
 fn summarise(readings: &[Reading]) -> Vec<Found> {
-    let mut found: Vec<Found> = Vec::new();
-    for r in readings.iter().filter(|r| r.report.decision.verdict == Verdict::Found) {
-        let payload = r.report.decision.payload.expect("found has a payload");
-        let place = r.stem.unwrap_or("mix").to_string();
-        match found.iter_mut().find(|f| f.fingerprint == r.report.fingerprint && f.payload == payload) {
-            Some(f) => {
-                f.read_on.push(place);
-                f.false_positive_rate = f.false_positive_rate.min(r.report.decision.false_positive_rate);
-            }
-            None => found.push(Found {
-                key: r.report.key.clone(),
-                fingerprint: r.report.fingerprint.clone(),
-                payload,
-                read_on: vec![place],
-                false_positive_rate: r.report.decision.false_positive_rate,
-            }),
-        }
-    }
-    found
+    stemmark_models::detector::summarise(
+        readings.iter().map(|r| (r.stem.unwrap_or("mix"), r.report.key.as_str(), r.report.fingerprint.as_str(), &r.report.decision)),
+    )
 }
 
 fn print_table(r: &Report) {

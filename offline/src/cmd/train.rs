@@ -93,7 +93,7 @@ pub fn run(stage: Stage) -> Result<()> {
                 cfg.steps = s;
             }
             let dev = pick_device(&a);
-            let mut source = CorpusSource::new(&a.corpus, Split::Train, cfg.seed)?;
+            let mut source = CorpusSource::new(&a.corpus, Split::Train, cfg.seed, cfg.batch)?;
             let started = std::time::Instant::now();
             let last = pretrain::run(&cfg, &mut source, &a.run, dev)?;
             if let Some(m) = last {

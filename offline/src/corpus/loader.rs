@@ -111,24 +111,43 @@ impl Loader {
 
     /// The next random pair; speech and music are drawn independently from the same split.
     pub fn next_pair(&mut self) -> Result<StemPair> {
-        let a = self.rng.random_range(0..self.first.len());
-        let (fg, bg) = match self.scenario {
+        let mut rng = self.rng.clone();
+        let pair = self.next_pair_with(&mut rng);
+        self.rng = rng;
+        pair
+    }
+
+    /// A random pair drawn with the caller's RNG (so a batch can be a function of its step alone).
+    pub fn next_pair_with<R: Rng>(&self, rng: &mut R) -> Result<StemPair> {
+        let [fg, bg] = self.pick_with(rng)?;
+        Ok(StemPair {
+            foreground: self.load(&fg)?,
+            background: self.load(&bg)?,
+            sources: [fg, bg],
+        })
+    }
+
+    /// One stem of a random pair (foreground or background with equal odds), loaded alone.
+    pub fn next_stem_with<R: Rng>(&self, rng: &mut R) -> Result<Audio> {
+        let [fg, bg] = self.pick_with(rng)?;
+        self.load(if rng.random_bool(0.5) { &fg } else { &bg })
+    }
+
+    /// The files of a random pair: [foreground, background].
+    fn pick_with<R: Rng>(&self, rng: &mut R) -> Result<[PathBuf; 2]> {
+        let a = rng.random_range(0..self.first.len());
+        Ok(match self.scenario {
             Scenario::SpeechMusic => {
-                let b = self.rng.random_range(0..self.second.len());
-                (self.first[a][0].clone(), self.second[b][0].clone())
+                let b = rng.random_range(0..self.second.len());
+                [self.first[a][0].clone(), self.second[b][0].clone()]
             }
             Scenario::LeadAccompaniment => {
                 let files = &self.first[a];
                 if files.len() != 2 {
                     bail!("pair clip {} does not have two files", files[0].display());
                 }
-                (files[0].clone(), files[1].clone())
+                [files[0].clone(), files[1].clone()]
             }
-        };
-        Ok(StemPair {
-            foreground: self.load(&fg)?,
-            background: self.load(&bg)?,
-            sources: [fg, bg],
         })
     }
 

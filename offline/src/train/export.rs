@@ -22,6 +22,8 @@ use crate::onnx::{ConvOpts, DataType, Dim, GraphBuilder, Model, Value};
 const LN_EPS: f32 = 1e-5;
 const LOG_FLOOR: f32 = 1e-5;
 const RMS_FLOOR: f32 = 1e-8;
+/// The detector front end's energy floor (`nets::detector::ENERGY_FLOOR`).
+const ENERGY_FLOOR: f32 = 1e-4;
 const STD_FLOOR: f32 = 1e-5;
 
 pub type Weights = HashMap<String, Tensor>;
@@ -245,6 +247,19 @@ pub fn detector_graph(w: &Weights, c: &DetectorConfig) -> Result<Model> {
     let rms = g.sqrt(&ms);
     let x = g.div(&audio, &rms);
     let mut x = g.unsqueeze(&x, &[1]);
+    if let Some(f) = &c.front {
+        let pad = ((f.kernel - f.stride) / 2) as i64;
+        let h = conv(&mut g, w, &x, "detector.front", &ConvOpts::d1(f.stride as i64, pad, 1, 1), false)?;
+        let b = f.bands as i64;
+        let parts = g.split(&h, &[b, b], 1);
+        let re2 = g.mul(&parts[0], &parts[0]);
+        let im2 = g.mul(&parts[1], &parts[1]);
+        let e = g.add(&re2, &im2);
+        let e = g.offset(&e, ENERGY_FLOOR);
+        let e = g.log(&e);
+        let gb = lin(&mut g, w, &cond, "detector.front.film.head")?;
+        x = film(&mut g, &e, &gb, f.bands, 1);
+    }
     let pad = ((c.kernel - c.stride) / 2) as i64;
     for (i, &ch) in c.channels.iter().enumerate() {
         let p = format!("detector.convs.{i}");

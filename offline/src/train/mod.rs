@@ -19,6 +19,8 @@ pub mod optim;
 #[cfg(feature = "train")]
 pub mod pretrain;
 #[cfg(feature = "train")]
+pub mod prefetch;
+#[cfg(feature = "train")]
 pub mod stage;
 #[cfg(feature = "train")]
 pub mod joint;

@@ -12,7 +12,7 @@
 use std::path::Path;
 
 use anyhow::{Result, ensure};
-use rand::Rng;
+use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use tch::{Device, Kind, Tensor};
 
@@ -21,6 +21,7 @@ use super::checkpoint::Nets;
 use super::losses::{self, LossWeights};
 use super::nets::NetConfig;
 use super::optim::Adam;
+use super::prefetch::Prefetch;
 use super::stage::{Loop, StepLog, seeded_nets};
 use super::{nmr, stft};
 use stemmark_models::spec::{BLOCK, FRAMES_PER_BLOCK, HOP, KEY_DIM, MESSAGE_BITS};
@@ -81,19 +82,41 @@ impl PretrainConfig {
     }
 }
 
-/// Where examples come from: `[batch, EXCERPT]` mono excerpts, drawn with the stage's RNG.
+/// Where examples come from: `[batch, EXCERPT]` mono excerpts for training step `step`.
 pub trait Source {
-    fn excerpts(&mut self, batch: usize, rng: &mut ChaCha8Rng) -> Result<Tensor>;
+    fn excerpts(&mut self, batch: usize, step: u64, rng: &mut ChaCha8Rng) -> Result<Tensor>;
 }
 
 /// Excerpts from the corpus: a random stem of a random pair, its mid, at a random position.
+/// Drawn on a background thread ([`Prefetch`]), each batch from an RNG seeded by (seed, step),
+/// so a resumed run reads the same examples as a straight one.
 pub struct CorpusSource {
-    loaders: Vec<crate::corpus::Loader>,
+    batches: Prefetch<Vec<Vec<f32>>>,
+    batch: usize,
 }
 
 impl CorpusSource {
-    pub fn new(corpus: &Path, split: crate::corpus::Split, seed: u64) -> Result<CorpusSource> {
-        Ok(CorpusSource { loaders: corpus_loaders(corpus, split, seed)? })
+    pub fn new(corpus: &Path, split: crate::corpus::Split, seed: u64, batch: usize) -> Result<CorpusSource> {
+        let loaders = corpus_loaders(corpus, split, seed)?;
+        let batches = Prefetch::new(move |step| {
+            let mut rng = ChaCha8Rng::seed_from_u64(seed);
+            rng.set_stream(step);
+            let mut rows = Vec::with_capacity(batch);
+            let mut tries = 0;
+            while rows.len() < batch {
+                tries += 1;
+                ensure!(tries <= 100 * batch, "no clip of the corpus is {EXCERPT} samples long");
+                let l = rng.random_range(0..loaders.len());
+                let mid = loaders[l].next_stem_with(&mut rng)?.mid();
+                if mid.len() < EXCERPT {
+                    continue;
+                }
+                let start = rng.random_range(0..=mid.len() - EXCERPT);
+                rows.push(mid[start..start + EXCERPT].to_vec());
+            }
+            Ok(rows)
+        });
+        Ok(CorpusSource { batches, batch })
     }
 }
 
@@ -109,19 +132,9 @@ pub fn corpus_loaders(corpus: &Path, split: crate::corpus::Split, seed: u64) -> 
 }
 
 impl Source for CorpusSource {
-    fn excerpts(&mut self, batch: usize, rng: &mut ChaCha8Rng) -> Result<Tensor> {
-        let mut rows = Vec::with_capacity(batch);
-        while rows.len() < batch {
-            let l = rng.random_range(0..self.loaders.len());
-            let pair = self.loaders[l].next_pair()?;
-            let stem = if rng.random_bool(0.5) { pair.foreground } else { pair.background };
-            let mid = stem.mid();
-            if mid.len() < EXCERPT {
-                continue;
-            }
-            let start = rng.random_range(0..=mid.len() - EXCERPT);
-            rows.push(Tensor::from_slice(&mid[start..start + EXCERPT]));
-        }
+    fn excerpts(&mut self, batch: usize, step: u64, _rng: &mut ChaCha8Rng) -> Result<Tensor> {
+        ensure!(batch == self.batch, "the corpus source makes batches of {}, not {batch}", self.batch);
+        let rows: Vec<Tensor> = self.batches.get(step)?.iter().map(|r| Tensor::from_slice(r)).collect();
         Ok(Tensor::stack(&rows, 0))
     }
 }
@@ -143,7 +156,7 @@ impl Synthetic {
 }
 
 impl Source for Synthetic {
-    fn excerpts(&mut self, batch: usize, rng: &mut ChaCha8Rng) -> Result<Tensor> {
+    fn excerpts(&mut self, batch: usize, _step: u64, rng: &mut ChaCha8Rng) -> Result<Tensor> {
         Ok(Synthetic::signals(batch, EXCERPT, rng))
     }
 }
@@ -200,12 +213,15 @@ pub fn step(
     step: u64,
     device: Device,
 ) -> Result<PretrainLog> {
-    let x = source.excerpts(cfg.batch, rng)?.to_device(device);
+    let t0 = std::time::Instant::now();
+    let x = source.excerpts(cfg.batch, step, rng)?.to_device(device);
+    let t_data = t0.elapsed();
     let b = cfg.batch;
     let message = pm1(b, MESSAGE_BITS, rng, device);
     let key = pm1(b, KEY_DIM, rng, device);
     let wrong = pm1(b, KEY_DIM, rng, device);
     let marked = mark(nets, &x, &message, &key, CONTEXT);
+    let t_mark = t0.elapsed();
     let (clean, wm) = (block(&x, CONTEXT), block(&marked, CONTEXT));
     let attacked = step >= cfg.attack_step;
     let heard = if attacked {
@@ -216,20 +232,26 @@ pub fn step(
     };
     let logits = nets.detector.forward(&heard, &key);
     let wrong_logits = nets.detector.forward(&heard, &wrong);
+    let t_det = t0.elapsed();
     let q = cfg.weights.quality_at(step);
     let bce = losses::bce_bits(&logits, &message)?;
     let hinge = losses::wrong_key_hinge(&wrong_logits, &message, cfg.weights.wrong_key_margin)?;
-    let stft_l = losses::stft_loss(&clean, &wm)?;
-    let mel_l = losses::mel_loss(&clean, &wm)?;
-    let mut loss = &bce * cfg.weights.bce + &hinge * cfg.weights.wrong_key + &stft_l * q.stft + &mel_l * q.mel;
-    let nmr_v = if q.nmr > 0.0 {
-        let n = nmr::nmr_loss(&clean, &wm)?;
-        loss += &n * q.nmr;
-        n.double_value(&[])
-    } else {
-        f64::NAN
+    let mut loss = &bce * cfg.weights.bce + &hinge * cfg.weights.wrong_key;
+    // Terms weighted 0 (e.g. bits first) are not computed at all: they cost a quarter of a step.
+    let mut term = |w: f64, f: &dyn Fn() -> Result<Tensor>| -> Result<f64> {
+        if w <= 0.0 {
+            return Ok(f64::NAN);
+        }
+        let t = f()?;
+        loss += &t * w;
+        Ok(t.double_value(&[]))
     };
+    let stft_v = term(q.stft, &|| losses::stft_loss(&clean, &wm))?;
+    let mel_v = term(q.mel, &|| losses::mel_loss(&clean, &wm))?;
+    let nmr_v = term(q.nmr, &|| nmr::nmr_loss(&clean, &wm))?;
+    let t_loss = t0.elapsed();
     adam.step(&loss)?;
+    tracing::debug!("step {step}: data {t_data:.2?}, mark {:.2?}, detect {:.2?}, losses {:.2?}, backward+adam {:.2?}", t_mark - t_data, t_det - t_mark, t_loss - t_det, t0.elapsed() - t_loss);
     let err = (&clean - &wm).pow_tensor_scalar(2).sum(Kind::Float).double_value(&[]);
     let sig = clean.pow_tensor_scalar(2).sum(Kind::Float).double_value(&[]);
     Ok(PretrainLog {
@@ -237,8 +259,8 @@ pub fn step(
         loss: loss.double_value(&[]),
         bce: bce.double_value(&[]),
         hinge: hinge.double_value(&[]),
-        stft: stft_l.double_value(&[]),
-        mel: mel_l.double_value(&[]),
+        stft: stft_v,
+        mel: mel_v,
         nmr: nmr_v,
         bit_acc: losses::bit_accuracy(&logits, &message),
         wrong_key_acc: losses::bit_accuracy(&wrong_logits, &message),

@@ -44,12 +44,27 @@ pub struct EmbedderConfig {
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DetectorConfig {
+    /// A learned filterbank in front of the convolutions (none: they start on the waveform).
+    #[serde(default)]
+    pub front: Option<DetectorFront>,
     /// Output channels of each strided convolution.
     pub channels: Vec<usize>,
     pub kernel: usize,
     pub stride: usize,
     /// Hidden width of the FiLM MLP on the key.
     pub film_hidden: usize,
+}
+
+/// The detector's front end: one strided convolution with `2·bands` outputs read as `bands`
+/// (re, im) pairs, whose log energy `ln(re² + im² + ε)` feeds the convolution stack. Long kernels
+/// resolve the fine spectral patterns the embedder's STFT-domain mask writes, which a stack of
+/// short waveform kernels can only approximate after many steps.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DetectorFront {
+    pub bands: usize,
+    pub kernel: usize,
+    pub stride: usize,
 }
 
 /// Sizes of the separator (Demucs-style time-domain U-Net).
@@ -92,7 +107,8 @@ impl Default for NetConfig {
                 mask_bound: 0.2,
             },
             detector: DetectorConfig {
-                channels: vec![16, 24, 32, 64, 96, 128],
+                front: Some(DetectorFront { bands: 64, kernel: 512, stride: 256 }),
+                channels: vec![96, 128, 128],
                 kernel: 8,
                 stride: 4,
                 film_hidden: 96,
@@ -123,6 +139,7 @@ impl NetConfig {
                 mask_bound: 0.2,
             },
             detector: DetectorConfig {
+                front: Some(DetectorFront { bands: 4, kernel: 64, stride: 32 }),
                 channels: vec![4, 8, 8],
                 kernel: 8,
                 stride: 4,
@@ -159,6 +176,12 @@ impl NetConfig {
             d.kernel >= d.stride && (d.kernel - d.stride).is_multiple_of(2),
             "detector: kernel − stride must be even and ≥ 0"
         );
+        if let Some(f) = &d.front {
+            ensure!(
+                f.bands > 0 && f.kernel >= f.stride && f.stride > 0 && (f.kernel - f.stride).is_multiple_of(2),
+                "detector.front: bands > 0, kernel ≥ stride > 0 and kernel − stride even"
+            );
+        }
         let s = &self.separator;
         ensure!(
             s.depth > 0 && s.channels > 0 && s.growth > 0 && s.lstm_layers > 0,
@@ -230,6 +253,12 @@ impl NetConfig {
         let dt = &self.detector;
         lin(&mut put, "detector.film_mlp", KEY_DIM, dt.film_hidden);
         let mut cin = 1;
+        if let Some(f) = &dt.front {
+            put("detector.front.weight".into(), &[2 * f.bands, 1, f.kernel]);
+            put("detector.front.bias".into(), &[2 * f.bands]);
+            lin(&mut put, "detector.front.film.head", dt.film_hidden, 2 * f.bands);
+            cin = f.bands;
+        }
         for (i, &c) in dt.channels.iter().enumerate() {
             put(format!("detector.convs.{i}.weight"), &[c, cin, dt.kernel]);
             put(format!("detector.convs.{i}.bias"), &[c]);
