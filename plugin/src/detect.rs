@@ -1,22 +1,35 @@
-//! Stemmark Detect: goes on the master bus, separates and decodes in the background, and never
-//! alters the audio.
-//!
-//! For now it passes audio through and feeds its [`Tap`]; the separator/detector worker and the
-//! editor that shows per-stem results are later issues.
+//! Stemmark Detect: goes on the master bus, passes audio through untouched (zero latency), and in
+//! the background separates the mix and reads every separated stem with every key on its ring
+//! (see [`crate::detect_worker`]). Results show in the editor and, on request, in a JSON file.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use nice_plug::prelude::*;
 
+use crate::detect_engine::DetectEngine;
+use crate::detect_worker::DetectShared;
 use crate::params::DetectParams;
-use crate::tap::Tap;
+
+/// ONNX Runtime threads of one Detect instance (`STEMMARK_DETECT_THREADS` overrides): the
+/// separator dominates, and a mastering session has one Detect but many other plugins.
+const DEFAULT_THREADS: usize = 1;
 
 /// The Detect plugin instance.
 #[derive(Default)]
 pub struct StemmarkDetect {
     params: Arc<DetectParams>,
+    shared: Arc<DetectShared>,
     /// Built in `activate()`; `None` until the host activates the instance.
-    tap: Option<Tap>,
+    engine: Option<DetectEngine>,
+}
+
+fn threads() -> usize {
+    std::env::var("STEMMARK_DETECT_THREADS")
+        .ok()
+        .and_then(|t| t.parse().ok())
+        .filter(|&t| (1..=64).contains(&t))
+        .unwrap_or(DEFAULT_THREADS)
 }
 
 impl Plugin for StemmarkDetect {
@@ -29,12 +42,16 @@ impl Plugin for StemmarkDetect {
     // The master bus is stereo.
     const AUDIO_IO_LAYOUTS: &'static [AudioIOLayout] = &[crate::STEREO];
 
-    type Editor = ();
+    type Editor = crate::detect_editor::DetectEditor;
     type SysExMessage = ();
     type BackgroundTask = ();
 
     fn params(&self) -> Arc<dyn Params> {
         self.params.clone()
+    }
+
+    fn editor(&mut self, _async_executor: AsyncExecutor<Self>) -> Option<Self::Editor> {
+        crate::detect_editor::new(self.params.clone(), self.shared.clone())
     }
 
     fn activate(
@@ -43,22 +60,52 @@ impl Plugin for StemmarkDetect {
         buffer_config: &BufferConfig,
         _context: &mut impl ActivateContext<Self>,
     ) -> bool {
-        let reusable = self.tap.as_ref().is_some_and(|tap| {
-            tap.sample_rate == buffer_config.sample_rate
-                && tap.capacity() >= buffer_config.max_buffer_size as usize
+        let offline = buffer_config.process_mode == ProcessMode::Offline;
+        let max_buffer = buffer_config.max_buffer_size as usize;
+        let reusable = self.engine.as_ref().is_some_and(|e| {
+            e.rate == buffer_config.sample_rate
+                && e.max_buffer >= max_buffer.max(1)
+                && e.offline == offline
+                && !self.shared.finish.load(std::sync::atomic::Ordering::Acquire)
         });
         if !reusable {
-            self.tap = Some(Tap::new(
+            // The old worker (perhaps finishing a render's analysis) must be gone first.
+            self.engine = None;
+            if let Ok(mut p) = self.shared.provider.write() {
+                let want = self.params.provider.read().map(|s| s.clone()).unwrap_or_default();
+                *p = want.parse().unwrap_or_default();
+            }
+            match DetectEngine::new(
+                self.params.clone(),
+                self.shared.clone(),
                 buffer_config.sample_rate,
-                buffer_config.max_buffer_size,
-            ));
+                max_buffer,
+                offline,
+                threads(),
+            ) {
+                Ok(engine) => {
+                    engine.wait_ready(Duration::from_secs(if offline { 120 } else { 10 }));
+                    self.engine = Some(engine);
+                }
+                Err(e) => {
+                    // Audio still passes (nice-plug copies input to output); nothing is analysed.
+                    nice_error!("Stemmark Detect: {e}");
+                    return false;
+                }
+            }
         }
         true
     }
 
+    fn deactivate(&mut self) {
+        if let Some(engine) = self.engine.as_mut() {
+            engine.finish();
+        }
+    }
+
     fn reset(&mut self) {
-        if let Some(tap) = self.tap.as_mut() {
-            tap.reset();
+        if let Some(engine) = self.engine.as_mut() {
+            engine.reset();
         }
     }
 
@@ -66,11 +113,13 @@ impl Plugin for StemmarkDetect {
         &mut self,
         buffer: &mut Buffer,
         _aux: &mut AuxiliaryBuffers,
-        _context: &mut impl ProcessContext<Self>,
+        context: &mut impl ProcessContext<Self>,
     ) -> ProcessStatus {
-        // Output already equals input (nice-plug copied it); Detect only reads.
-        if let Some(tap) = self.tap.as_mut() {
-            tap.feed(buffer.as_slice_immutable());
+        // Output already equals input (nice-plug processes in place); Detect only reads.
+        if let Some(engine) = self.engine.as_mut() {
+            let transport = context.transport();
+            let position = if transport.playing { transport.pos_samples() } else { None };
+            engine.process(buffer.as_slice_immutable(), position);
         }
         ProcessStatus::Normal
     }

@@ -3,9 +3,9 @@
 //! - [`StemmarkEmbed`] goes on each stem track and writes the stem's watermark.
 //! - [`StemmarkDetect`] goes on the master bus and analyses the mix in the background.
 //!
-//! Detect passes audio through unchanged for now. The shape of the real-time code already follows
-//! DESIGN.md's "Real-time rules": everything an instance needs while processing is allocated in
-//! `activate()`, and `process()` only touches those preallocated buffers. Debug builds abort on any
+//! Both follow DESIGN.md's "Real-time rules": everything an instance needs while processing is
+//! allocated in `activate()`, `process()` only moves samples through preallocated rings, and the
+//! models run on one worker thread per instance. Debug builds abort on any
 //! allocation in `process()` (the `assert_process_allocs` feature, on by default).
 //!
 //! Bundles are made by `cargo xtask bundle` (CLAP: `target/bundled/Stemmark.clap`, VST3:
@@ -14,6 +14,9 @@
 use nice_plug::prelude::*;
 
 mod detect;
+mod detect_editor;
+mod detect_engine;
+pub mod detect_worker;
 mod editor;
 mod embed;
 mod engine;
@@ -21,7 +24,6 @@ pub mod latency;
 mod locate;
 mod params;
 pub mod status;
-mod tap;
 mod worker;
 
 pub use detect::StemmarkDetect;

@@ -74,8 +74,32 @@ impl Default for EmbedParams {
     }
 }
 
-/// Stemmark Detect's parameters: none yet. Detect never alters audio, so it has no bypass of its
-/// own (nice-plug adds a host bypass for VST3 when a plugin has none); the analysis settings
-/// (key ring, thresholds) arrive with the editor.
-#[derive(Params, Default)]
-pub struct DetectParams {}
+/// Stemmark Detect's parameters. Detect never alters audio, so it has no bypass of its own
+/// (nice-plug adds a host bypass for VST3 when a plugin has none) and nothing to automate: its
+/// settings are the key ring and where results go, saved with the session.
+#[derive(Params)]
+pub struct DetectParams {
+    /// The keys to read with (names and secrets; never passphrases). The worker watches
+    /// `keys_changed` to rebuild its analysis.
+    #[persist = "keys"]
+    pub keys: RwLock<Vec<StoredKey>>,
+
+    /// Results are written to this JSON file after every analysed block (empty: only when
+    /// `STEMMARK_DETECT_RESULTS` names a file).
+    #[persist = "results_path"]
+    pub results_path: RwLock<String>,
+
+    /// "cpu" or "cuda"; CUDA falls back to the CPU with a message when unavailable.
+    #[persist = "provider"]
+    pub provider: RwLock<String>,
+}
+
+impl Default for DetectParams {
+    fn default() -> Self {
+        Self {
+            keys: RwLock::new(Vec::new()),
+            results_path: RwLock::new(String::new()),
+            provider: RwLock::new("cpu".into()),
+        }
+    }
+}

@@ -432,7 +432,9 @@ pub fn editor_screenshot(
         &CreateWindowAux::new().background_pixel(0),
     )?;
     conn.map_window(win)?;
-    conn.flush()?;
+    // A round trip, not just a flush: the server must have made the window before the plugin's
+    // own connection asks to reparent into it (a flush alone loses that race now and then).
+    conn.get_input_focus()?.reply()?;
     // SAFETY: `win` is a live X11 window on the display the plugin will connect to.
     unsafe { gui.set_parent(&handle, Window::from_x11_handle(win as _)) }
         .map_err(|e| anyhow!("gui set_parent: {e}"))?;

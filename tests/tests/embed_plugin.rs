@@ -23,6 +23,7 @@ use stemmark_models::keys::Key;
 use stemmark_models::runtime::{self, Provider};
 use stemmark_models::spec::{BLOCK, N_FFT};
 use stemmark_offline::testkit;
+use stemmark_tests::fixtures::{bundle, music_44k, read_raw, tail, workspace_root, write_raw};
 
 const CHILD_ENV: &str = "STEMMARK_EMBED_CHILD";
 const EMBED_ID: &str = "org.stemmark.embed";
@@ -31,73 +32,7 @@ const PAYLOAD: u32 = 0x5a17e;
 
 // --- audio fixtures ---
 
-/// 30 s (15 blocks) of real music if the Debian wesnoth music is installed, else synthetic.
-fn music_44k(seconds: usize) -> Vec<Vec<f32>> {
-    let frames = seconds * 44_100;
-    let real = Path::new("/usr/share/games/wesnoth/1.16/data/core/music/transience.ogg");
-    if let Ok(a) = stemmark_offline::audio::read(real)
-        && let Ok(a) = a.to_stereo()
-    {
-        let mut ch = if a.rate == 44_100 {
-            a.channels
-        } else {
-            stemmark_models::resample::resample_planar(&a.channels, a.rate, 44_100).unwrap()
-        };
-        if ch[0].len() >= frames + 44_100 {
-            // Skip the first second (fade-in).
-            for c in &mut ch {
-                c.drain(..44_100);
-                c.truncate(frames);
-            }
-            return ch;
-        }
-    }
-    testkit::music_like(44_100, seconds as f64, 3).channels
-}
-
-fn write_raw(path: &Path, channels: &[Vec<f32>]) {
-    let mut bytes = Vec::with_capacity(channels.len() * channels[0].len() * 4);
-    for c in channels {
-        for x in c {
-            bytes.extend_from_slice(&x.to_le_bytes());
-        }
-    }
-    std::fs::write(path, bytes).unwrap();
-}
-
-fn read_raw(path: &Path, channels: usize) -> Vec<Vec<f32>> {
-    let bytes = std::fs::read(path).unwrap();
-    let all: Vec<f32> = bytes
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
-        .collect();
-    let n = all.len() / channels;
-    (0..channels)
-        .map(|c| all[c * n..(c + 1) * n].to_vec())
-        .collect()
-}
-
 // --- running the child ---
-
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
-fn bundle(dir: &str, command: &str) -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(|t| workspace_root().join(t))
-        .unwrap_or_else(|| workspace_root().join("target"));
-    let b = target.join(dir).join("Stemmark.clap");
-    assert!(
-        b.is_file(),
-        "{} is missing: build it with `{command}`",
-        b.display()
-    );
-    b
-}
 
 struct Child {
     dir: tempfile::TempDir,
@@ -164,14 +99,6 @@ impl Child {
             log,
         )
     }
-}
-
-fn tail(s: &str, n: usize) -> &str {
-    let start = s.len().saturating_sub(n);
-    let start = (start..s.len())
-        .find(|&i| s.is_char_boundary(i))
-        .unwrap_or(s.len());
-    &s[start..]
 }
 
 fn key() -> Key {
@@ -672,17 +599,11 @@ fn editor_screenshot_under_xvfb() {
     // Writes target/screenshots/embed.png: the editor embedded in a plain X11 window on a
     // private Xvfb display, after 5 s of marked audio. Skipped when Xvfb is not installed.
     let bundle = bundle("bundled", "cargo xtask bundle stemmark-plugin --release");
-    let display = ":93";
-    let Ok(mut xvfb) = Command::new("Xvfb")
-        .args([display, "-screen", "0", "800x600x24", "-nolisten", "tcp"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-    else {
+    let Some(xvfb) = stemmark_tests::fixtures::Xvfb::start(800, 700) else {
         println!("Xvfb is not installed: no editor screenshot (apt-get install xvfb)");
         return;
     };
-    std::thread::sleep(std::time::Duration::from_millis(800));
+    let display = xvfb.display.clone();
     let child = Child::new();
     let shot_path = child.path("embed.png");
     let job = json!({
@@ -705,7 +626,7 @@ fn editor_screenshot_under_xvfb() {
             ])
             .env(CHILD_ENV, &job_path)
             .env("NICE_LOG", child.path("log.txt"))
-            .env("DISPLAY", display)
+            .env("DISPLAY", &display)
             .env(stemmark_models::modelset::MODELS_ENV, &child.models)
             .output()
             .unwrap();
@@ -722,8 +643,7 @@ fn editor_screenshot_under_xvfb() {
         );
         serde_json::from_slice::<Value>(&std::fs::read(child.path("result.json")).unwrap()).unwrap()
     });
-    let _ = xvfb.kill();
-    let _ = xvfb.wait();
+    drop(xvfb);
     let result = result.unwrap();
     let shot = &result["screenshot"];
     println!("editor: {shot}");

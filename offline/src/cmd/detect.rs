@@ -57,8 +57,34 @@ pub fn run(args: Args, opts: &ModelOpts, json: bool) -> Result<i32> {
     let keys = args.keys.load()?;
     let (audio, _) = load_for_models(&args.input)?;
     let dir = opts.prepare()?;
-    let mut det = Detector::open(&dir, opts.provider)?;
     let align = args.offset.map_or(Alignment::Search, Alignment::Fixed);
+    let pb = progress("detect");
+    let report = analyse(&args.input, &audio, &keys, &dir, opts.provider, align, !args.no_separate, &mut |stage| pb.set_message(stage), &mut tick(&pb))?;
+    pb.finish_and_clear();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_table(&report);
+    }
+    Ok(if report.found.is_empty() { EXIT_NOTHING_FOUND } else { 0 })
+}
+
+/// What `stemmark detect` reports on `audio` (44.1 kHz): every key on the mix and, with
+/// `separate`, on each separated stem. `stage` hears "separate" and "detect" as they start;
+/// `separated(done, total)` follows the separation.
+#[allow(clippy::too_many_arguments)]
+pub fn analyse(
+    file: &std::path::Path,
+    audio: &Audio,
+    keys: &[stemmark_models::keys::Key],
+    dir: &std::path::Path,
+    provider: stemmark_models::runtime::Provider,
+    align: Alignment,
+    separate: bool,
+    stage: &mut dyn FnMut(&'static str),
+    separated: &mut dyn FnMut(usize, usize),
+) -> Result<Report> {
+    let mut det = Detector::open(dir, provider)?;
     let mut readings = Vec::new();
     let mut note = None;
     if audio.len() < BLOCK {
@@ -66,39 +92,32 @@ pub fn run(args: Args, opts: &ModelOpts, json: bool) -> Result<i32> {
     } else if audio.peak() == 0.0 {
         note = Some("the audio is digital silence".into());
     } else {
-        let pb = progress("detect");
-        for report in det.detect(&audio.mid(), &keys, align)? {
+        stage("detect");
+        for report in det.detect(&audio.mid(), keys, align)? {
             readings.push(Reading { path: "mix", stem: None, report });
         }
-        if !args.no_separate {
-            let mut sep = Separator::open(&dir, opts.provider)?;
-            pb.set_message("separate");
-            let stems = sep.separate(&audio.channels, &mut tick(&pb))?;
-            pb.set_message("detect");
+        if separate {
+            let mut sep = Separator::open(dir, provider)?;
+            stage("separate");
+            let stems = sep.separate(&audio.channels, separated)?;
+            stage("detect");
             for (name, stem) in STEM_NAMES.iter().zip(stems) {
                 let mid = Audio::new(SAMPLE_RATE, stem).mid();
-                for report in det.detect(&mid, &keys, align)? {
+                for report in det.detect(&mid, keys, align)? {
                     readings.push(Reading { path: "separated", stem: Some(name), report });
                 }
             }
         }
-        pb.finish_and_clear();
     }
-    let report = Report {
-        file: args.input.clone(),
+    Ok(Report {
+        file: file.to_path_buf(),
         seconds: audio.seconds(),
         full_blocks: audio.len() / BLOCK,
         provider: det.provider().to_string(),
         found: summarise(&readings),
         readings,
         note,
-    };
-    if json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        print_table(&report);
-    }
-    Ok(if report.found.is_empty() { EXIT_NOTHING_FOUND } else { 0 })
+    })
 }
 
 fn summarise(readings: &[Reading]) -> Vec<Found> {
