@@ -170,6 +170,7 @@ pub fn write_wav_as(path: &Path, audio: &Audio, format: WavFormat) -> Result<()>
     let tmp = tempfile::Builder::new()
         .prefix(".stemmark-")
         .suffix(".wav.tmp")
+        .permissions(crate::audio::new_file_permissions())
         .tempfile_in(dir)
         .with_context(|| format!("cannot write in {}", dir.display()))?;
     {
@@ -267,4 +268,12 @@ mod tests {
         let e = a.check_finite().unwrap_err().to_string();
         assert!(e.contains("channel 1"), "{e}");
     }
+}
+
+/// Permissions for output files written through a temp file: tempfile makes them 0600, but a
+/// marked stem or an exported model is an ordinary file (0666 minus the umask, like `cp`).
+#[cfg(unix)]
+pub fn new_file_permissions() -> std::fs::Permissions {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::Permissions::from_mode(0o666)
 }

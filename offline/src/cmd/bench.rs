@@ -4,11 +4,12 @@
 use std::time::Instant;
 
 use anyhow::Result;
+use stemmark_models::detect_stream::DetectStream;
 use stemmark_models::detector::Detector;
 use stemmark_models::embedder::Embedder;
 use stemmark_models::keys::Key;
 use stemmark_models::separator::Separator;
-use stemmark_models::spec::SAMPLE_RATE;
+use stemmark_models::spec::{BLOCK, SAMPLE_RATE};
 
 use super::ModelOpts;
 
@@ -61,6 +62,30 @@ fn model_table(dir: &std::path::Path, opts: &ModelOpts) -> Result<String> {
     let t = Instant::now();
     sep.separate(&stereo, &mut |_, _| {})?;
     rows.push(("separate (stereo)", t.elapsed().as_secs_f64()));
+    // Stemmark Detect's analysis: every 2 s block separated with 1 s of context each side, then
+    // the mix and both stems read with a 4-key ring, at 1 and 2 ONNX Runtime threads; the
+    // separator alone on the same windows shows what dominates.
+    let ring: Vec<Key> = (0..4u8).map(|i| Key::from_bytes([i + 1; 16], &format!("k{i}"))).collect();
+    let chunks: Vec<&[f32]> = vec![&x, &x];
+    for threads in [1, 2] {
+        let mut det = Detector::open_with_threads(dir, opts.provider, threads)?;
+        let mut sep = Separator::open_with_threads(dir, opts.provider, threads)?;
+        let mut stream = DetectStream::new(2, ring.clone(), det.calibration(), true)?;
+        let t = Instant::now();
+        stream.push(&mut det, Some(&mut sep), &chunks)?;
+        stream.finish(&mut det, Some(&mut sep))?;
+        rows.push((
+            if threads == 1 { "Detect plugin analysis, 2 stems × 4 keys, 1 thread" } else { "Detect plugin analysis, 2 stems × 4 keys, 2 threads" },
+            t.elapsed().as_secs_f64(),
+        ));
+    }
+    let mut sep = Separator::open_with_threads(dir, opts.provider, 1)?;
+    let window = ndarray::Array3::<f32>::from_shape_fn((1, 2, 2 * BLOCK), |(_, _, i)| x[i]);
+    let t = Instant::now();
+    for _ in 0..n / BLOCK {
+        sep.run(&window)?;
+    }
+    rows.push(("  of which: separator on 4 s windows, 1 thread", t.elapsed().as_secs_f64()));
     let mut out = format!(
         "| model task ({} provider, models in {}) | audio s | wall s | × real time |\n|---|---:|---:|---:|\n",
         opts.provider,

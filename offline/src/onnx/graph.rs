@@ -833,7 +833,8 @@ impl Model {
         let mut tmp = tempfile::Builder::new()
             .prefix(".onnx-")
             .suffix(".tmp")
-            .tempfile_in(dir)
+            .permissions(crate::audio::new_file_permissions())
+        .tempfile_in(dir)
             .with_context(|| format!("creating a temp file in {}", dir.display()))?;
         tmp.write_all(&self.to_bytes())?;
         tmp.as_file().sync_all()?;

@@ -225,7 +225,12 @@ pub fn embedder_graph(w: &Weights, c: &EmbedderConfig) -> Result<Model> {
         }
         x = layer_norm(&mut g, w, &x, &format!("{p}.ln"))?;
     }
-    let y = lin(&mut g, w, &x, "embedder.out_proj")?;
+    let mut y = lin(&mut g, w, &x, "embedder.out_proj")?;
+    if c.direct {
+        let p = lin(&mut g, w, &cond, "embedder.direct")?;
+        let p = g.unsqueeze(&p, &[1]);
+        y = g.add(&y, &p);
+    }
     let y = g.tanh(&y);
     let y = g.scale(&y, c.mask_bound);
     let y = g.offset(&y, 1.0);

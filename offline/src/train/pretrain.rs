@@ -44,6 +44,9 @@ pub struct PretrainConfig {
     pub checkpoint_every: u64,
     pub log_every: u64,
     pub seed: u64,
+    /// Curriculum on keys: 0 draws a fresh random key for every example (the goal); n > 0 draws
+    /// from a fixed pool of n keys (seeded by `seed`), so bits can be learnt before keys.
+    pub key_pool: usize,
     pub nets: NetConfig,
 }
 
@@ -59,6 +62,7 @@ impl Default for PretrainConfig {
             checkpoint_every: 1_000,
             log_every: 50,
             seed: 0,
+            key_pool: 0,
             nets: NetConfig::default(),
         }
     }
@@ -77,6 +81,7 @@ impl PretrainConfig {
             checkpoint_every: 2,
             log_every: 1,
             seed: 1,
+            key_pool: 0,
             nets: NetConfig::tiny(),
         }
     }
@@ -218,7 +223,13 @@ pub fn step(
     let t_data = t0.elapsed();
     let b = cfg.batch;
     let message = pm1(b, MESSAGE_BITS, rng, device);
-    let key = pm1(b, KEY_DIM, rng, device);
+    let key = if cfg.key_pool == 0 {
+        pm1(b, KEY_DIM, rng, device)
+    } else {
+        let pool = pm1(cfg.key_pool, KEY_DIM, &mut ChaCha8Rng::seed_from_u64(cfg.seed ^ 0x6b65_7973), device);
+        let pick: Vec<i64> = (0..b).map(|_| rng.random_range(0..cfg.key_pool) as i64).collect();
+        pool.index_select(0, &Tensor::from_slice(&pick).to_device(device))
+    };
     let wrong = pm1(b, KEY_DIM, rng, device);
     let marked = mark(nets, &x, &message, &key, CONTEXT);
     let t_mark = t0.elapsed();

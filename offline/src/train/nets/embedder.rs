@@ -3,7 +3,8 @@
 //!
 //! Log-compressed magnitude → linear to `d_model` → Conformer blocks (½·FFN, MHSA, convolution
 //! module, ½·FFN, LayerNorm) with FiLM from an MLP of [message, key] right after the LayerNorm of
-//! each of the four modules → linear to BINS → `1 + b·tanh(·)`. No positional encoding: the
+//! each of the four modules → linear to BINS (plus, if configured, a direct linear path from the
+//! FiLM MLP's output: a keyed per-bin pattern constant over the block) → `1 + b·tanh(·)`. No positional encoding: the
 //! convolution module gives the attention its sense of order.
 
 use stemmark_models::spec::{BINS, KEY_DIM, MESSAGE_BITS};
@@ -105,6 +106,7 @@ pub struct Embedder {
     film_mlp: nn::Linear,
     blocks: Vec<Block>,
     out_proj: nn::Linear,
+    direct: Option<nn::Linear>,
     mask_bound: f64,
 }
 
@@ -153,6 +155,7 @@ impl Embedder {
             film_mlp: linear(p / "film_mlp", MESSAGE_BITS + KEY_DIM, c.film_hidden),
             blocks,
             out_proj: linear(p / "out_proj", d, BINS),
+            direct: c.direct.then(|| linear(p / "direct", c.film_hidden, BINS)),
             mask_bound: c.mask_bound as f64,
         }
     }
@@ -173,6 +176,10 @@ impl Embedder {
             x = &x + b.ffn2.forward(&x, &cond) * 0.5;
             x = b.ln.forward(&x);
         }
-        (self.out_proj.forward(&x).tanh() * self.mask_bound + 1.0).transpose(1, 2)
+        let mut y = self.out_proj.forward(&x);
+        if let Some(direct) = &self.direct {
+            y = y + direct.forward(&cond).unsqueeze(1);
+        }
+        (y.tanh() * self.mask_bound + 1.0).transpose(1, 2)
     }
 }

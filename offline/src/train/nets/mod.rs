@@ -38,6 +38,11 @@ pub struct EmbedderConfig {
     pub film_hidden: usize,
     /// The mask stays within 1 ± mask_bound (mask = 1 + b·tanh(·)).
     pub mask_bound: f32,
+    /// A direct path from the [message, key] MLP to a per-bin mask offset (a learned, keyed
+    /// spread-spectrum pattern added before the tanh). It gives the detector a message-dependent
+    /// pattern from the first step, so training leaves chance level within a CPU budget.
+    #[serde(default)]
+    pub direct: bool,
 }
 
 /// Sizes of the detector (strided Conv1d stack on the waveform).
@@ -105,6 +110,7 @@ impl Default for NetConfig {
                 blocks: 2,
                 film_hidden: 96,
                 mask_bound: 0.2,
+                direct: true,
             },
             detector: DetectorConfig {
                 front: Some(DetectorFront { bands: 64, kernel: 512, stride: 256 }),
@@ -137,6 +143,7 @@ impl NetConfig {
                 blocks: 1,
                 film_hidden: 16,
                 mask_bound: 0.2,
+                direct: true,
             },
             detector: DetectorConfig {
                 front: Some(DetectorFront { bands: 4, kernel: 64, stride: 32 }),
@@ -231,6 +238,9 @@ impl NetConfig {
         lin(&mut put, "embedder.in_proj", BINS, d);
         lin(&mut put, "embedder.film_mlp", MESSAGE_BITS + KEY_DIM, h);
         lin(&mut put, "embedder.out_proj", d, BINS);
+        if e.direct {
+            lin(&mut put, "embedder.direct", h, BINS);
+        }
         for i in 0..e.blocks {
             let b = format!("embedder.blocks.{i}");
             for m in ["ffn1", "mhsa", "conv", "ffn2"] {
