@@ -23,7 +23,11 @@ const LN_EPS: f32 = 1e-5;
 const LOG_FLOOR: f32 = 1e-5;
 const RMS_FLOOR: f32 = 1e-8;
 /// The detector front end's energy floor (`nets::detector::ENERGY_FLOOR`).
-const ENERGY_FLOOR: f32 = 1e-4;
+const ENERGY_FLOOR: f32 = 1e-6;
+const ENERGY_SCALE: f32 = 0.25;
+const POOL_GAIN: f32 = 10.0;
+/// Longest embedder input (STFT frames) the exported graph's chip constant covers: 60 s.
+const MAX_FRAMES: usize = 60 * 180;
 const STD_FLOOR: f32 = 1e-5;
 
 pub type Weights = HashMap<String, Tensor>;
@@ -227,8 +231,17 @@ pub fn embedder_graph(w: &Weights, c: &EmbedderConfig) -> Result<Model> {
     }
     let mut y = lin(&mut g, w, &x, "embedder.out_proj")?;
     if c.direct {
-        let p = lin(&mut g, w, &cond, "embedder.direct")?;
+        let p = lin(&mut g, w, &msg, "embedder.direct")?;
         let p = g.unsqueeze(&p, &[1]);
+        // The chips of the input's frames: a long constant sliced to T = shape(magnitude)[2].
+        let long = super::nets::frame_chips(MAX_FRAMES);
+        let chips = g.init_f32("embedder.chips", &long, &[1, MAX_FRAMES, 1])?;
+        let shape = g.op("Shape", &[&mag], []);
+        let t = g.slice(&shape, &[2], &[3], &[0], None);
+        let zero = g.ints(&[0]);
+        let axis = g.ints(&[1]);
+        let chips = g.op("Slice", &[&chips, &zero, &t, &axis], []);
+        let p = g.mul(&p, &chips);
         y = g.add(&y, &p);
     }
     let y = g.tanh(&y);
@@ -262,6 +275,16 @@ pub fn detector_graph(w: &Weights, c: &DetectorConfig) -> Result<Model> {
         let e = g.add(&re2, &im2);
         let e = g.offset(&e, ENERGY_FLOOR);
         let e = g.log(&e);
+        let m = g.reduce_mean(&e, &[1], true);
+        let e = g.sub(&e, &m);
+        let mut e = g.scale(&e, ENERGY_SCALE);
+        if f.demodulate {
+            let t = (stemmark_models::spec::BLOCK + 2 * pad as usize - f.kernel) / f.stride + 1;
+            let chips = g.init_f32("detector.chips", &super::nets::chips(t), &[1, 1, t])?;
+            let d = g.mul(&e, &chips);
+            let d = g.reduce_mean(&d, &[2], true);
+            e = g.scale(&d, POOL_GAIN);
+        }
         let gb = lin(&mut g, w, &cond, "detector.front.film.head")?;
         x = film(&mut g, &e, &gb, f.bands, 1);
     }

@@ -359,3 +359,40 @@ mod tests {
         assert!(first.snr_db.is_finite() && first.snr_db > 5.0, "the mask is bounded: SNR {}", first.snr_db);
     }
 }
+
+#[cfg(test)]
+mod diagnose {
+    use super::*;
+
+    /// How readable the direct pattern is at initialisation: decode each bit by correlating the
+    /// chip-demodulated time-mean log energies with that bit's pattern, blind and with the clean
+    /// reference. `cargo test --release --features train --lib diagnose -- --ignored --nocapture`
+    #[test]
+    #[ignore = "diagnostic; needs data/corpus"]
+    fn direct_pattern_through_the_detector_front() {
+        let cfg = PretrainConfig::default();
+        let nets = seeded_nets(&cfg.nets, Device::Cpu, 19).unwrap();
+        let mut src = CorpusSource::new(Path::new("../data/corpus"), crate::corpus::Split::Train, 1, 16).unwrap();
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        let x = src.excerpts(16, 0, &mut rng).unwrap();
+        let message = pm1(16, MESSAGE_BITS, &mut rng, Device::Cpu);
+        let key = pm1(16, KEY_DIM, &mut rng, Device::Cpu);
+        let marked = tch::no_grad(|| mark(&nets, &x, &message, &key, CONTEXT));
+        let f = cfg.nets.detector.front.clone().unwrap();
+        let bins: Vec<i64> = (0..f.bands).map(|i| (f.first_bin + i * f.bin_step) as i64).collect();
+        let feats = |a: &Tensor| {
+            let spec = stft::stft(&block(a, CONTEXT));
+            let e = (spec.abs().pow_tensor_scalar(2) + 1e-9).log().index_select(1, &Tensor::from_slice(&bins));
+            let t = e.size()[2];
+            let chips = Tensor::from_slice(&crate::train::nets::frame_chips(t as usize)).view([1, 1, t]);
+            ((&e - e.mean_dim(1, true, Kind::Float)) * chips).mean_dim(2, false, Kind::Float)
+        };
+        let (fm, fc) = (feats(&marked), feats(&x));
+        let w = nets.embedder_vs.variables()["embedder.direct.weight"].index_select(0, &Tensor::from_slice(&bins)); // [bands, 32]
+        for (name, f) in [("blind", fm.shallow_clone()), ("with reference", &fm - &fc)] {
+            let score = f.matmul(&w); // [16, 32]
+            let acc = score.sign().eq_tensor(&message).to_kind(Kind::Float).mean(Kind::Float).double_value(&[]);
+            println!("{name}: bit accuracy of the correlation decoder {acc:.3}");
+        }
+    }
+}

@@ -15,12 +15,16 @@ use super::layers::{Film, linear};
 /// Added to the mean square before the RMS normalisation, so silence stays finite.
 pub const RMS_FLOOR: f64 = 1e-8;
 /// Added to the front end's band energies before the log.
-pub const ENERGY_FLOOR: f64 = 1e-4;
+pub const ENERGY_FLOOR: f64 = 1e-6;
+/// Scale of the centred log band energies.
+pub const ENERGY_SCALE: f64 = 0.25;
+/// Gain on the pooled demodulated energies (a mean over 90 frames is ~10× smaller than a frame).
+pub const POOL_GAIN: f64 = 10.0;
 
 #[derive(Debug)]
 pub struct Detector {
     film_mlp: nn::Linear,
-    front: Option<(nn::Conv1D, Film, i64)>,
+    front: Option<(nn::Conv1D, Film, i64, bool)>,
     convs: Vec<(nn::Conv1D, Film)>,
     head: nn::Linear,
 }
@@ -37,9 +41,15 @@ impl Detector {
                 padding: ((f.kernel - f.stride) / 2) as i64,
                 ..Default::default()
             };
-            let conv = nn::conv1d(&q, 1, 2 * f.bands as i64, f.kernel as i64, cfg);
+            let mut conv = nn::conv1d(&q, 1, 2 * f.bands as i64, f.kernel as i64, cfg);
+            tch::no_grad(|| {
+                conv.ws.copy_(&dft_basis(f).to_device(conv.ws.device()));
+                if let Some(b) = &mut conv.bs {
+                    let _ = b.zero_();
+                }
+            });
             cin = f.bands;
-            (conv, Film::new(&q / "film", c.film_hidden, f.bands), f.bands as i64)
+            (conv, Film::new(&q / "film", c.film_hidden, f.bands), f.bands as i64, f.demodulate)
         });
         for (i, &cout) in c.channels.iter().enumerate() {
             let q = p / "convs" / i;
@@ -65,10 +75,21 @@ impl Detector {
         let cond = self.film_mlp.forward(key).silu();
         let rms = ((audio * audio).mean_dim(-1, true, Kind::Float) + RMS_FLOOR).sqrt();
         let mut x = (audio / rms).unsqueeze(1);
-        if let Some((conv, film, bands)) = &self.front {
+        if let Some((conv, film, bands, demodulate)) = &self.front {
             let h = conv.forward(&x);
             let (re, im) = (h.narrow(1, 0, *bands), h.narrow(1, *bands, *bands));
             let energy = ((&re * &re + &im * &im) + ENERGY_FLOOR).log();
+            // Log energies sit around −7 ± 5: centred over the bands of each frame and scaled,
+            // so the GELUs after them start in their working range (uncentred, they start dead
+            // and training stays at chance).
+            let mut energy = (&energy - energy.mean_dim(1, true, Kind::Float)) * ENERGY_SCALE;
+            if *demodulate {
+                let t = energy.size()[2];
+                let chips = Tensor::from_slice(&super::chips(t as usize)).view([1, 1, t]).to_device(energy.device());
+                // Pooled right away: the demodulated mean is the statistic that carries the bits
+                // (the host cancels in it); convolving the noisy per-frame values first buried it.
+                energy = (energy * chips).mean_dim(2, true, Kind::Float) * POOL_GAIN;
+            }
             x = film.apply(&energy, &cond, 1);
         }
         for (conv, film) in &self.convs {
@@ -76,4 +97,25 @@ impl Detector {
         }
         self.head.forward(&x.mean_dim(-1, false, Kind::Float))
     }
+}
+
+/// `[2·bands, 1, kernel]`: Hann-windowed cosines (rows 0..bands) and negated sines (the rest) at
+/// the embedder's STFT bins `first_bin + i·bin_step` (bin k = k·SAMPLE_RATE/N_FFT Hz).
+fn dft_basis(f: &super::DetectorFront) -> Tensor {
+    use stemmark_models::spec::N_FFT;
+    let k = f.kernel;
+    let hann: Vec<f64> = (0..k).map(|j| 0.5 - 0.5 * (std::f64::consts::TAU * j as f64 / k as f64).cos()).collect();
+    // Unit window gain keeps the weights O(1): Adam's steps are absolute, and a basis scaled
+    // to ~1e-3 would be rewritten within a few steps. (The centring below removes the scale.)
+    let gain = 1.0;
+    let mut w = vec![0f32; 2 * f.bands * k];
+    for i in 0..f.bands {
+        let bin = (f.first_bin + i * f.bin_step) as f64;
+        for j in 0..k {
+            let phase = std::f64::consts::TAU * bin * j as f64 / N_FFT as f64;
+            w[i * k + j] = (gain * hann[j] * phase.cos()) as f32;
+            w[(f.bands + i) * k + j] = (-gain * hann[j] * phase.sin()) as f32;
+        }
+    }
+    Tensor::from_slice(&w).view([2 * f.bands as i64, 1, k as i64])
 }

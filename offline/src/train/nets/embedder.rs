@@ -4,7 +4,7 @@
 //! Log-compressed magnitude → linear to `d_model` → Conformer blocks (½·FFN, MHSA, convolution
 //! module, ½·FFN, LayerNorm) with FiLM from an MLP of [message, key] right after the LayerNorm of
 //! each of the four modules → linear to BINS (plus, if configured, a direct linear path from the
-//! FiLM MLP's output: a keyed per-bin pattern constant over the block) → `1 + b·tanh(·)`. No positional encoding: the
+//! message bits: a per-bin pattern, sign-flipped by the fixed chip sequence) → `1 + b·tanh(·)`. No positional encoding: the
 //! convolution module gives the attention its sense of order.
 
 use stemmark_models::spec::{BINS, KEY_DIM, MESSAGE_BITS};
@@ -155,7 +155,17 @@ impl Embedder {
             film_mlp: linear(p / "film_mlp", MESSAGE_BITS + KEY_DIM, c.film_hidden),
             blocks,
             out_proj: linear(p / "out_proj", d, BINS),
-            direct: c.direct.then(|| linear(p / "direct", c.film_hidden, BINS)),
+            direct: c.direct.then(|| {
+                let mut l = linear(p / "direct", MESSAGE_BITS, BINS);
+                // Each bit's pattern has spread 1/√32, so the 32 bits together have unit spread.
+                tch::no_grad(|| {
+                    let _ = l.ws.normal_(0.0, 1.0 / (MESSAGE_BITS as f64).sqrt());
+                    if let Some(b) = &mut l.bs {
+                        let _ = b.zero_();
+                    }
+                });
+                l
+            }),
             mask_bound: c.mask_bound as f64,
         }
     }
@@ -178,7 +188,9 @@ impl Embedder {
         }
         let mut y = self.out_proj.forward(&x);
         if let Some(direct) = &self.direct {
-            y = y + direct.forward(&cond).unsqueeze(1);
+            let t = y.size()[1] as usize;
+            let chips = Tensor::from_slice(&super::frame_chips(t)).view([1, t as i64, 1]).to_device(y.device());
+            y = y + direct.forward(message).unsqueeze(1) * chips;
         }
         (y.tanh() * self.mask_bound + 1.0).transpose(1, 2)
     }

@@ -31,9 +31,19 @@ pub struct Film {
 }
 
 impl Film {
+    /// Starts as the identity (zero head): the condition's influence grows as training needs it.
+    /// Random heads put a different random offset on every feature for every random key, noise
+    /// that buried the watermark and kept training at chance.
     pub fn new(p: nn::Path, cond: usize, width: usize) -> Film {
+        let mut head = linear(p / "head", cond, 2 * width);
+        tch::no_grad(|| {
+            let _ = head.ws.zero_();
+            if let Some(b) = &mut head.bs {
+                let _ = b.zero_();
+            }
+        });
         Film {
-            head: linear(p / "head", cond, 2 * width),
+            head,
             width: width as i64,
         }
     }

@@ -23,6 +23,36 @@ pub mod separator;
 #[cfg(all(test, feature = "train"))]
 mod net_tests;
 
+/// STFT frames per chip of the time modulation (4 hops = 980 samples ≈ 22 ms).
+pub const CHIP_FRAMES: usize = 4;
+
+/// The fixed ±1 chip sequence that modulates the embedder's direct message pattern over time
+/// (chip j covers STFT frames `j·CHIP_FRAMES ..`) and that the detector multiplies its band
+/// energies by before pooling. A host's own spectrum is nearly the same from one 22 ms chip to
+/// the next, so demodulating cancels it while the pattern adds up: at initialisation a
+/// correlation decoder read the unmodulated pattern at 53 % blind (82 % knowing the original),
+/// far too weak a signal to start training from. Deterministic (xorshift, fixed seed), balanced
+/// in every pair of chips (+1 −1 or −1 +1), so any stretch of it has no DC.
+pub fn chips(n: usize) -> Vec<f32> {
+    let mut state: u64 = 0x5354_454d_4d41_524b; // "STEMMARK"
+    let mut out = Vec::with_capacity(n + 1);
+    while out.len() < n {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        let s = if state & 1 == 1 { 1.0 } else { -1.0 };
+        out.extend([s, -s]);
+    }
+    out.truncate(n);
+    out
+}
+
+/// The chip of each of `frames` STFT frames.
+pub fn frame_chips(frames: usize) -> Vec<f32> {
+    let c = chips(frames.div_ceil(CHIP_FRAMES));
+    (0..frames).map(|t| c[t / CHIP_FRAMES]).collect()
+}
+
 /// Sizes of the embedder (Conformer on the STFT magnitude).
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -38,9 +68,11 @@ pub struct EmbedderConfig {
     pub film_hidden: usize,
     /// The mask stays within 1 ± mask_bound (mask = 1 + b·tanh(·)).
     pub mask_bound: f32,
-    /// A direct path from the [message, key] MLP to a per-bin mask offset (a learned, keyed
-    /// spread-spectrum pattern added before the tanh). It gives the detector a message-dependent
-    /// pattern from the first step, so training leaves chance level within a CPU budget.
+    /// A direct linear path from the message bits to a per-bin mask offset, modulated over time
+    /// by [`chips`] (bit i adds ± its own learned spread-spectrum pattern, sign-flipped chip by
+    /// chip, before the tanh), initialised so the bits sum to unit spread. It gives the detector
+    /// a message pattern it can read from the first step; the FiLM path alone is far too weak
+    /// (training stayed at chance without it).
     #[serde(default)]
     pub direct: bool,
 }
@@ -70,6 +102,24 @@ pub struct DetectorFront {
     pub bands: usize,
     pub kernel: usize,
     pub stride: usize,
+    /// Multiply the band energies by the chip sequence before the convolutions (pairs with the
+    /// embedder's `direct` path; needs `stride` = CHIP_FRAMES hops so frames and chips align).
+    #[serde(default)]
+    pub demodulate: bool,
+    /// Initialisation: band i starts as the Hann-windowed DFT pair of the embedder's STFT bin
+    /// `first_bin + i·bin_step`, so from step one the detector reads the bins the mask writes.
+    #[serde(default = "default_first_bin")]
+    pub first_bin: usize,
+    #[serde(default = "default_bin_step")]
+    pub bin_step: usize,
+}
+
+fn default_first_bin() -> usize {
+    24
+}
+
+fn default_bin_step() -> usize {
+    2
 }
 
 /// Sizes of the separator (Demucs-style time-domain U-Net).
@@ -113,10 +163,12 @@ impl Default for NetConfig {
                 direct: true,
             },
             detector: DetectorConfig {
-                front: Some(DetectorFront { bands: 64, kernel: 512, stride: 256 }),
-                channels: vec![96, 128, 128],
-                kernel: 8,
-                stride: 4,
+                // A DFT-initialised filterbank on 128 bins, chip-demodulated and pooled, then a
+                // key-FiLMed 1×1 layer (an MLP over the pooled bands) and the head.
+                front: Some(DetectorFront { bands: 128, kernel: 1024, stride: 980, demodulate: true, first_bin: 24, bin_step: 2 }),
+                channels: vec![256],
+                kernel: 1,
+                stride: 1,
                 film_hidden: 96,
             },
             separator: SeparatorConfig {
@@ -146,10 +198,10 @@ impl NetConfig {
                 direct: true,
             },
             detector: DetectorConfig {
-                front: Some(DetectorFront { bands: 4, kernel: 64, stride: 32 }),
-                channels: vec![4, 8, 8],
-                kernel: 8,
-                stride: 4,
+                front: Some(DetectorFront { bands: 4, kernel: 1024, stride: 980, demodulate: true, first_bin: 24, bin_step: 2 }),
+                channels: vec![8],
+                kernel: 1,
+                stride: 1,
                 film_hidden: 8,
             },
             separator: SeparatorConfig {
@@ -184,6 +236,15 @@ impl NetConfig {
             "detector: kernel − stride must be even and ≥ 0"
         );
         if let Some(f) = &d.front {
+            ensure!(
+                !f.demodulate || f.stride == CHIP_FRAMES * stemmark_models::spec::HOP,
+                "detector.front: demodulation needs stride = {} (one chip)",
+                CHIP_FRAMES * stemmark_models::spec::HOP
+            );
+            ensure!(
+                f.first_bin + f.bin_step * f.bands.saturating_sub(1) < BINS,
+                "detector.front: bins first_bin + bin_step·(bands − 1) must lie below {BINS}"
+            );
             ensure!(
                 f.bands > 0 && f.kernel >= f.stride && f.stride > 0 && (f.kernel - f.stride).is_multiple_of(2),
                 "detector.front: bands > 0, kernel ≥ stride > 0 and kernel − stride even"
@@ -239,7 +300,7 @@ impl NetConfig {
         lin(&mut put, "embedder.film_mlp", MESSAGE_BITS + KEY_DIM, h);
         lin(&mut put, "embedder.out_proj", d, BINS);
         if e.direct {
-            lin(&mut put, "embedder.direct", h, BINS);
+            lin(&mut put, "embedder.direct", MESSAGE_BITS, BINS);
         }
         for i in 0..e.blocks {
             let b = format!("embedder.blocks.{i}");
