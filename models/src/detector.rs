@@ -63,6 +63,11 @@ impl Detector {
         self.model.provider
     }
 
+    /// Reads with `cal` instead of the manifest's calibration (to measure a new one).
+    pub fn set_calibration(&mut self, cal: Calibration) {
+        self.manifest.calibration = cal;
+    }
+
     pub fn calibration(&self) -> Calibration {
         self.manifest.calibration
     }

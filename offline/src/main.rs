@@ -42,6 +42,8 @@ enum Command {
     Export(cmd::export::Args),
     /// Measure BER, quality, separation, payload recovery and false positives on audio
     Eval(stemmark_offline::eval::Args),
+    /// Measure the decision statistic on unmarked audio and write the calibration into the manifest
+    Calibrate(cmd::calibrate::Args),
     /// Train the models (built with --features train)
     #[cfg(feature = "train")]
     #[command(subcommand)]
@@ -72,6 +74,7 @@ fn main() {
             let default = cli.models.prepare().ok();
             stemmark_offline::eval::run(a, cli.models.provider, default).map(|_| 0)
         }
+        Command::Calibrate(a) => cmd::calibrate::run(a, &cli.models, json).map(|_| 0),
         Command::Corpus(c) => stemmark_offline::corpus::run(c).map(|_| 0),
         #[cfg(feature = "train")]
         Command::Train(s) => cmd::train::run(s).map(|_| 0),

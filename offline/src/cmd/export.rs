@@ -16,6 +16,10 @@ pub struct Args {
     /// Network config [default: nets.toml beside the weights]
     #[arg(long)]
     pub config: Option<PathBuf>,
+    /// A TOML table of provenance (data, stage, steps, hardware, wall time, measured numbers)
+    /// written into the manifest's [provenance]
+    #[arg(long)]
+    pub provenance: Option<PathBuf>,
 }
 
 pub fn run(args: Args, json: bool) -> Result<()> {
@@ -27,6 +31,13 @@ pub fn run(args: Args, json: bool) -> Result<()> {
     let config_path = args.config.clone().unwrap_or_else(|| dir.join("nets.toml"));
     let config = NetConfig::load(&config_path).with_context(|| format!("network config {}", config_path.display()))?;
     crate::train::export::export_models(&weights, &config, &args.out)?;
+    if let Some(p) = &args.provenance {
+        let text = std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?;
+        let table: toml::Table = toml::from_str(&text).with_context(|| format!("{} is not a TOML table", p.display()))?;
+        let mut m = stemmark_models::manifest::Manifest::load(&args.out)?;
+        m.provenance = table;
+        m.save(&args.out)?;
+    }
     if json {
         println!("{}", serde_json::json!({"weights": weights, "config": config_path, "out": args.out}));
     } else {

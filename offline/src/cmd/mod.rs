@@ -1,7 +1,8 @@
 //! The `stemmark` subcommands that work on files.
 
-pub mod detect;
 pub mod bench;
+pub mod calibrate;
+pub mod detect;
 pub mod embed;
 pub mod export;
 pub mod keygen;

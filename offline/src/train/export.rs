@@ -12,7 +12,7 @@ use anyhow::{Context, Result, bail, ensure};
 use stemmark_models::contract::{self, Contract};
 use stemmark_models::decision::Calibration;
 use stemmark_models::manifest::Manifest;
-use stemmark_models::spec::STEM_NAMES;
+use stemmark_models::spec::{BINS, STEM_NAMES};
 
 use super::nets::{DetectorConfig, EmbedderConfig, NetConfig, SeparatorConfig};
 use super::onnx_ops::{self, LstmWeights, Tensor, film, get, init, linear};
@@ -231,7 +231,11 @@ pub fn embedder_graph(w: &Weights, c: &EmbedderConfig) -> Result<Model> {
     }
     let mut y = lin(&mut g, w, &x, "embedder.out_proj")?;
     if c.direct {
-        let p = lin(&mut g, w, &msg, "embedder.direct")?;
+        let mut p = lin(&mut g, w, &msg, "embedder.direct")?;
+        if c.keyed {
+            let s = key_signs(&mut g, &key, "embedder.key_spread", &super::nets::key_spread(), BINS)?;
+            p = g.mul(&p, &s);
+        }
         let p = g.unsqueeze(&p, &[1]);
         // The chips of the input's frames: a long constant sliced to T = shape(magnitude)[2].
         let long = super::nets::frame_chips(MAX_FRAMES);
@@ -284,6 +288,11 @@ pub fn detector_graph(w: &Weights, c: &DetectorConfig) -> Result<Model> {
             let d = g.mul(&e, &chips);
             let d = g.reduce_mean(&d, &[2], true);
             e = g.scale(&d, POOL_GAIN);
+            if f.keyed {
+                let s = key_signs(&mut g, &key, "detector.key_spread", &super::nets::key_spread_bins(&f.bins()), f.bands)?;
+                let s = g.unsqueeze(&s, &[2]);
+                e = g.mul(&e, &s);
+            }
         }
         let gb = lin(&mut g, w, &cond, "detector.front.film.head")?;
         x = film(&mut g, &e, &gb, f.bands, 1);
@@ -659,4 +668,13 @@ mod cost {
             bytes as f64 / 1e6
         );
     }
+}
+
+/// `sign(key · spread + ½)` as graph nodes: `[B, n]` from `key` `[B, KEY_DIM]` (see
+/// `nets::key_spread`).
+fn key_signs(g: &mut GraphBuilder, key: &Value, name: &str, spread: &[f32], n: usize) -> Result<Value> {
+    let m = g.init_f32(name, spread, &[stemmark_models::spec::KEY_DIM, n])?;
+    let p = g.matmul(key, &m);
+    let p = g.offset(&p, 0.5);
+    Ok(g.op("Sign", &[&p], []))
 }

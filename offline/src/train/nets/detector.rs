@@ -25,6 +25,8 @@ pub const POOL_GAIN: f64 = 10.0;
 pub struct Detector {
     film_mlp: nn::Linear,
     front: Option<(nn::Conv1D, Film, i64, bool)>,
+    /// The key spread matrix over the front's bins, when keyed.
+    spread: Option<Vec<f32>>,
     convs: Vec<(nn::Conv1D, Film)>,
     head: nn::Linear,
 }
@@ -64,6 +66,7 @@ impl Detector {
         }
         Detector {
             film_mlp: linear(p / "film_mlp", KEY_DIM, c.film_hidden),
+            spread: c.front.as_ref().filter(|f| f.keyed).map(|f| super::key_spread_bins(&f.bins())),
             front,
             convs,
             head: linear(p / "head", cin, MESSAGE_BITS),
@@ -89,6 +92,9 @@ impl Detector {
                 // Pooled right away: the demodulated mean is the statistic that carries the bits
                 // (the host cancels in it); convolving the noisy per-frame values first buried it.
                 energy = (energy * chips).mean_dim(2, true, Kind::Float) * POOL_GAIN;
+                if let Some(spread) = &self.spread {
+                    energy = energy * super::embedder::key_signs(key, spread, *bands).unsqueeze(2);
+                }
             }
             x = film.apply(&energy, &cond, 1);
         }

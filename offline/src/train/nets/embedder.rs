@@ -107,6 +107,7 @@ pub struct Embedder {
     blocks: Vec<Block>,
     out_proj: nn::Linear,
     direct: Option<nn::Linear>,
+    keyed: bool,
     mask_bound: f64,
 }
 
@@ -166,6 +167,7 @@ impl Embedder {
                 });
                 l
             }),
+            keyed: c.keyed,
             mask_bound: c.mask_bound as f64,
         }
     }
@@ -190,8 +192,19 @@ impl Embedder {
         if let Some(direct) = &self.direct {
             let t = y.size()[1] as usize;
             let chips = Tensor::from_slice(&super::frame_chips(t)).view([1, t as i64, 1]).to_device(y.device());
-            y = y + direct.forward(message).unsqueeze(1) * chips;
+            let mut pattern = direct.forward(message);
+            if self.keyed {
+                pattern = pattern * key_signs(key, &super::key_spread(), BINS as i64);
+            }
+            y = y + pattern.unsqueeze(1) * chips;
         }
         (y.tanh() * self.mask_bound + 1.0).transpose(1, 2)
     }
+}
+
+/// `sign(key · spread + ½)`: `[B, n]` ±1 signs of `key` `[B, KEY_DIM]` over `n` bins, from a
+/// `[KEY_DIM, n]` row-major spread matrix.
+pub fn key_signs(key: &Tensor, spread: &[f32], n: i64) -> Tensor {
+    let m = Tensor::from_slice(spread).view([KEY_DIM as i64, n]).to_device(key.device());
+    (key.matmul(&m) + 0.5).sign()
 }

@@ -31,13 +31,14 @@ pub struct Film {
 }
 
 impl Film {
-    /// Starts as the identity (zero head): the condition's influence grows as training needs it.
-    /// Random heads put a different random offset on every feature for every random key, noise
-    /// that buried the watermark and kept training at chance.
+    /// Starts near the identity (head weights ~1e-3, zero bias): the condition's influence grows
+    /// as training needs it, and every weight behind it still gets a gradient from step one.
+    /// Default-initialised heads put a random offset on every feature for every random key,
+    /// noise that buried the watermark and kept training at chance.
     pub fn new(p: nn::Path, cond: usize, width: usize) -> Film {
         let mut head = linear(p / "head", cond, 2 * width);
         tch::no_grad(|| {
-            let _ = head.ws.zero_();
+            let _ = head.ws.normal_(0.0, 1e-3);
             if let Some(b) = &mut head.bs {
                 let _ = b.zero_();
             }

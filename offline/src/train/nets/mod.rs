@@ -47,6 +47,28 @@ pub fn chips(n: usize) -> Vec<f32> {
     out
 }
 
+/// A fixed ±1 matrix `[KEY_DIM, BINS]` (row-major) that spreads a key vector over the bins:
+/// the key's sign of bin b is `sign(key · column b + ½)`. The embedder multiplies its direct
+/// pattern by these signs and the detector its demodulated band energies, so a wrong key reads
+/// a pattern scrambled in half of the bins (≈ 50 % BER) by construction, not by training.
+pub fn key_spread() -> Vec<f32> {
+    let mut state: u64 = 0x4b45_5953_5052_4541; // "KEYSPREA"
+    (0..KEY_DIM * BINS)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            if state >> 63 == 1 { 1.0 } else { -1.0 }
+        })
+        .collect()
+}
+
+/// The columns of [`key_spread`] for the given bins: `[KEY_DIM, bins.len()]`, row-major.
+pub fn key_spread_bins(bins: &[usize]) -> Vec<f32> {
+    let all = key_spread();
+    (0..KEY_DIM).flat_map(|r| bins.iter().map(move |&b| (r, b))).map(|(r, b)| all[r * BINS + b]).collect()
+}
+
 /// The chip of each of `frames` STFT frames.
 pub fn frame_chips(frames: usize) -> Vec<f32> {
     let c = chips(frames.div_ceil(CHIP_FRAMES));
@@ -75,6 +97,9 @@ pub struct EmbedderConfig {
     /// (training stayed at chance without it).
     #[serde(default)]
     pub direct: bool,
+    /// Multiply the direct pattern by the key's bin signs ([`key_spread`]).
+    #[serde(default)]
+    pub keyed: bool,
 }
 
 /// Sizes of the detector (strided Conv1d stack on the waveform).
@@ -106,6 +131,10 @@ pub struct DetectorFront {
     /// embedder's `direct` path; needs `stride` = CHIP_FRAMES hops so frames and chips align).
     #[serde(default)]
     pub demodulate: bool,
+    /// Multiply the pooled band energies by the key's bin signs ([`key_spread`]), undoing the
+    /// embedder's keyed pattern for the right key only.
+    #[serde(default)]
+    pub keyed: bool,
     /// Initialisation: band i starts as the Hann-windowed DFT pair of the embedder's STFT bin
     /// `first_bin + i·bin_step`, so from step one the detector reads the bins the mask writes.
     #[serde(default = "default_first_bin")]
@@ -161,11 +190,12 @@ impl Default for NetConfig {
                 film_hidden: 96,
                 mask_bound: 0.2,
                 direct: true,
+                keyed: true,
             },
             detector: DetectorConfig {
                 // A DFT-initialised filterbank on 128 bins, chip-demodulated and pooled, then a
                 // key-FiLMed 1×1 layer (an MLP over the pooled bands) and the head.
-                front: Some(DetectorFront { bands: 128, kernel: 1024, stride: 980, demodulate: true, first_bin: 24, bin_step: 2 }),
+                front: Some(DetectorFront { bands: 128, kernel: 1024, stride: 980, demodulate: true, keyed: true, first_bin: 24, bin_step: 2 }),
                 channels: vec![256],
                 kernel: 1,
                 stride: 1,
@@ -196,9 +226,10 @@ impl NetConfig {
                 film_hidden: 16,
                 mask_bound: 0.2,
                 direct: true,
+                keyed: true,
             },
             detector: DetectorConfig {
-                front: Some(DetectorFront { bands: 4, kernel: 1024, stride: 980, demodulate: true, first_bin: 24, bin_step: 2 }),
+                front: Some(DetectorFront { bands: 4, kernel: 1024, stride: 980, demodulate: true, keyed: true, first_bin: 24, bin_step: 2 }),
                 channels: vec![8],
                 kernel: 1,
                 stride: 1,
@@ -236,6 +267,7 @@ impl NetConfig {
             "detector: kernel − stride must be even and ≥ 0"
         );
         if let Some(f) = &d.front {
+            ensure!(!f.keyed || f.demodulate, "detector.front: keyed needs demodulate");
             ensure!(
                 !f.demodulate || f.stride == CHIP_FRAMES * stemmark_models::spec::HOP,
                 "detector.front: demodulation needs stride = {} (one chip)",
@@ -406,5 +438,12 @@ mod tests {
             let back: NetConfig = toml::from_str(&toml::to_string_pretty(&c).unwrap()).unwrap();
             assert_eq!(back, c);
         }
+    }
+}
+
+impl DetectorFront {
+    /// The STFT bins the bands start on.
+    pub fn bins(&self) -> Vec<usize> {
+        (0..self.bands).map(|i| self.first_bin + i * self.bin_step).collect()
     }
 }
