@@ -210,6 +210,14 @@ pub fn gain_to_lufs(audio: &Audio, target: f64) -> Result<Option<f32>> {
     Ok(loudness(audio)?.map(|l| 10f64.powf((target - l) / 20.0) as f32))
 }
 
+/// Permissions for output files written through a temp file: tempfile makes them 0600, but a
+/// marked stem or an exported model is an ordinary file (0666 minus the umask, like `cp`).
+#[cfg(unix)]
+pub fn new_file_permissions() -> std::fs::Permissions {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::Permissions::from_mode(0o666)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -268,12 +276,4 @@ mod tests {
         let e = a.check_finite().unwrap_err().to_string();
         assert!(e.contains("channel 1"), "{e}");
     }
-}
-
-/// Permissions for output files written through a temp file: tempfile makes them 0600, but a
-/// marked stem or an exported model is an ordinary file (0666 minus the umask, like `cp`).
-#[cfg(unix)]
-pub fn new_file_permissions() -> std::fs::Permissions {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::Permissions::from_mode(0o666)
 }

@@ -65,7 +65,7 @@ fn model_table(dir: &std::path::Path, opts: &ModelOpts) -> Result<String> {
     // Stemmark Detect's analysis: every 2 s block separated with 1 s of context each side, then
     // the mix and both stems read with a 4-key ring, at 1 and 2 ONNX Runtime threads; the
     // separator alone on the same windows shows what dominates.
-    let ring: Vec<Key> = (0..4u8).map(|i| Key::from_bytes([i + 1; 16], &format!("k{i}"))).collect();
+    let ring: Vec<Key> = (0..4u8).map(|i| Key::from_bytes([i + 1; 16], format!("k{i}"))).collect();
     let chunks: Vec<&[f32]> = vec![&x, &x];
     for threads in [1, 2] {
         let mut det = Detector::open_with_threads(dir, opts.provider, threads)?;

@@ -484,6 +484,15 @@ pub fn export_models(weights: &Path, config: &NetConfig, out_dir: &Path) -> Resu
     Ok(())
 }
 
+/// `sign(key · spread + ½)` as graph nodes: `[B, n]` from `key` `[B, KEY_DIM]` (see
+/// `nets::key_spread`).
+fn key_signs(g: &mut GraphBuilder, key: &Value, name: &str, spread: &[f32], n: usize) -> Result<Value> {
+    let m = g.init_f32(name, spread, &[stemmark_models::spec::KEY_DIM, n])?;
+    let p = g.matmul(key, &m);
+    let p = g.offset(&p, 0.5);
+    Ok(g.op("Sign", &[&p], []))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -668,13 +677,4 @@ mod cost {
             bytes as f64 / 1e6
         );
     }
-}
-
-/// `sign(key · spread + ½)` as graph nodes: `[B, n]` from `key` `[B, KEY_DIM]` (see
-/// `nets::key_spread`).
-fn key_signs(g: &mut GraphBuilder, key: &Value, name: &str, spread: &[f32], n: usize) -> Result<Value> {
-    let m = g.init_f32(name, spread, &[stemmark_models::spec::KEY_DIM, n])?;
-    let p = g.matmul(key, &m);
-    let p = g.offset(&p, 0.5);
-    Ok(g.op("Sign", &[&p], []))
 }

@@ -93,7 +93,7 @@ impl Detector {
                 // (the host cancels in it); convolving the noisy per-frame values first buried it.
                 energy = (energy * chips).mean_dim(2, true, Kind::Float) * POOL_GAIN;
                 if let Some(spread) = &self.spread {
-                    energy = energy * super::embedder::key_signs(key, spread, *bands).unsqueeze(2);
+                    energy *= super::embedder::key_signs(key, spread, *bands).unsqueeze(2);
                 }
             }
             x = film.apply(&energy, &cond, 1);

@@ -194,9 +194,9 @@ impl Embedder {
             let chips = Tensor::from_slice(&super::frame_chips(t)).view([1, t as i64, 1]).to_device(y.device());
             let mut pattern = direct.forward(message);
             if self.keyed {
-                pattern = pattern * key_signs(key, &super::key_spread(), BINS as i64);
+                pattern *= key_signs(key, &super::key_spread(), BINS as i64);
             }
-            y = y + pattern.unsqueeze(1) * chips;
+            y += pattern.unsqueeze(1) * chips;
         }
         (y.tanh() * self.mask_bound + 1.0).transpose(1, 2)
     }

@@ -427,6 +427,13 @@ impl SeparatorConfig {
     }
 }
 
+impl DetectorFront {
+    /// The STFT bins the bands start on.
+    pub fn bins(&self) -> Vec<usize> {
+        (0..self.bands).map(|i| self.first_bin + i * self.bin_step).collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -438,12 +445,5 @@ mod tests {
             let back: NetConfig = toml::from_str(&toml::to_string_pretty(&c).unwrap()).unwrap();
             assert_eq!(back, c);
         }
-    }
-}
-
-impl DetectorFront {
-    /// The STFT bins the bands start on.
-    pub fn bins(&self) -> Vec<usize> {
-        (0..self.bands).map(|i| self.first_bin + i * self.bin_step).collect()
     }
 }
