@@ -205,7 +205,15 @@ fn evaluate_item(
         let est_mid = est.mid();
         r.separation[s].sdr.push(metrics::sdr(&orig_mid[..len], &est_mid));
         r.separation[s].si_sdr.push(metrics::si_sdr(&orig_mid[..len], &est_mid));
-        for (audio, bits) in [(&est_mid, &mut r.ber_separated[s]), (&mix_mid, &mut r.ber_mix[s])] {
+        let alone_mid = marked[s].mid();
+        let rep = det.detect(&alone_mid, std::slice::from_ref(&keys[s]), Alignment::Fixed(0))?.remove(0);
+        r.payload_alone[s].items += 1;
+        match rep.decision.payload {
+            Some(p) if p == payloads[s] => r.payload_alone[s].correct += 1,
+            Some(_) => r.payload_alone[s].wrong += 1,
+            None => {}
+        }
+        for (audio, bits) in [(&alone_mid, &mut r.ber_alone[s]), (&est_mid, &mut r.ber_separated[s]), (&mix_mid, &mut r.ber_mix[s])] {
             for l in det.grid_logits(audio, 0, &keys[s], usize::MAX)? {
                 bits.add(metrics::bit_errors(payload::from_logits(&l), word));
             }

@@ -43,6 +43,11 @@ pub struct SetReport {
     pub blocks: u64,
     pub ber_separated: [BitCount; 2],
     pub ber_mix: [BitCount; 2],
+    /// BER on each marked stem alone (no mix, no separation): what the embedder/detector pair
+    /// does before the separator is involved.
+    pub ber_alone: [BitCount; 2],
+    /// Payload over the whole item, read from each marked stem alone.
+    pub payload_alone: [PayloadCount; 2],
     pub ber_wrong_key: BitCount,
     /// BER after separation of a codec-attacked mix, per codec and stem.
     pub ber_codec: std::collections::BTreeMap<String, [BitCount; 2]>,
@@ -63,6 +68,8 @@ impl SetReport {
             blocks: 0,
             ber_separated: Default::default(),
             ber_mix: Default::default(),
+            ber_alone: Default::default(),
+            payload_alone: Default::default(),
             ber_wrong_key: BitCount::default(),
             ber_codec: Default::default(),
             quality: Default::default(),
@@ -97,15 +104,20 @@ impl Report {
             self.items,
             self.seed
         );
-        s += "## BER (%) per stem, no attack\n\n| models | stem | after separation | on the mix | blocks |\n|---|---|---:|---:|---:|\n";
+        s += "## BER (%) per stem, no attack\n\n| models | stem | stem alone | after separation | on the mix | blocks | payload from the stem alone |\n|---|---|---:|---:|---:|---:|---:|\n";
         for r in &self.sets {
             for (i, stem) in STEMS.iter().enumerate() {
+                let p = r.payload_alone[i];
                 s += &format!(
-                    "| {} | {stem} | {:.2} | {:.2} | {} |\n",
+                    "| {} | {stem} | {:.2} | {:.2} | {:.2} | {} | {}/{} ({} wrong) |\n",
                     r.models.display(),
+                    r.ber_alone[i].percent(),
                     r.ber_separated[i].percent(),
                     r.ber_mix[i].percent(),
-                    r.ber_separated[i].bits / 32
+                    r.ber_separated[i].bits / 32,
+                    p.correct,
+                    p.items,
+                    p.wrong
                 );
             }
         }
