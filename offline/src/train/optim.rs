@@ -12,6 +12,8 @@ pub struct Adam {
     m: Vec<Tensor>,
     v: Vec<Tensor>,
     t: i64,
+    /// Updates skipped for a non-finite gradient.
+    pub skipped: u64,
     pub lr: f64,
     pub beta1: f64,
     pub beta2: f64,
@@ -26,7 +28,7 @@ impl Adam {
         let (names, params): (Vec<String>, Vec<Tensor>) = named.into_iter().unzip();
         let m = params.iter().map(Tensor::zeros_like).collect();
         let v = params.iter().map(Tensor::zeros_like).collect();
-        Adam { names, params, m, v, t: 0, lr, beta1: 0.9, beta2: 0.999, eps: 1e-8 }
+        Adam { names, params, m, v, t: 0, skipped: 0, lr, beta1: 0.9, beta2: 0.999, eps: 1e-8 }
     }
 
     pub fn params(&self) -> &[Tensor] {
@@ -52,6 +54,17 @@ impl Adam {
     /// One Adam update with the given gradients (one per parameter, in order).
     pub fn apply(&mut self, grads: &[Tensor]) -> Result<()> {
         ensure!(grads.len() == self.params.len(), "{} gradients for {} parameters", grads.len(), self.params.len());
+        // One overflowing gradient (e.g. the detector's RMS normalisation on a nearly silent
+        // separated stem) would turn every weight into NaN through the moments: skip the update.
+        let finite = grads
+            .iter()
+            .filter(|g| g.defined())
+            .all(|g| g.isfinite().all().int64_value(&[]) == 1);
+        if !finite {
+            self.skipped += 1;
+            tracing::warn!("non-finite gradient: update skipped ({} so far)", self.skipped);
+            return Ok(());
+        }
         self.t += 1;
         let (b1, b2) = (self.beta1, self.beta2);
         let bc1 = 1.0 - b1.powi(self.t as i32);
