@@ -13,6 +13,7 @@ use rtrb::{Producer, RingBuffer};
 
 use crate::detect_worker::{DetectShared, DetectWorker};
 use crate::params::DetectParams;
+use crate::timeline::Timeline;
 use crate::worker::Restart;
 
 /// How long offline render waits for room in the ring before dropping a buffer, so a wedged
@@ -33,10 +34,7 @@ pub struct DetectEngine {
     worker: Option<(JoinHandle<()>, Thread)>,
     /// Frames pushed into the ring.
     seq: u64,
-    /// Timeline position expected for the next buffer while the transport plays.
-    expected: Option<i64>,
-    /// Our own timeline count, for hosts that give no position.
-    counted: i64,
+    timeline: Timeline,
     /// A restart (or the input after a full ring) still has to reach the worker.
     pending_restart: bool,
 }
@@ -87,8 +85,7 @@ impl DetectEngine {
             cmds,
             worker: Some((handle, thread)),
             seq: 0,
-            expected: None,
-            counted: 0,
+            timeline: Timeline::default(),
             pending_restart: false,
         })
     }
@@ -106,13 +103,12 @@ impl DetectEngine {
 
     /// Host reset: a new run at timeline 0 (or the next position the transport gives).
     pub fn reset(&mut self) {
-        self.counted = 0;
-        self.expected = Some(0);
+        self.timeline.reset();
         self.restart();
     }
 
     fn restart(&mut self) {
-        let cmd = Restart { seq: self.seq, abs: 0, timeline: self.counted };
+        let cmd = Restart { seq: self.seq, abs: 0, timeline: self.timeline.now() };
         self.pending_restart = self.cmds.push(cmd).is_err();
     }
 
@@ -145,15 +141,8 @@ impl DetectEngine {
     }
 
     fn process_chunk(&mut self, buf: &[&mut [f32]], start: usize, n: usize, position: Option<i64>) {
-        match position {
-            Some(p) => {
-                if self.expected != Some(p) {
-                    self.counted = p;
-                    self.restart();
-                }
-                self.expected = Some(p + n as i64);
-            }
-            None => self.expected = None,
+        if self.timeline.jumped(position, n) {
+            self.restart();
         }
         if self.pending_restart {
             self.restart();
@@ -189,7 +178,7 @@ impl DetectEngine {
                 }
             }
         }
-        self.counted += n as i64;
+        self.timeline.advance(n);
     }
 }
 

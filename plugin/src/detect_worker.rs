@@ -181,7 +181,6 @@ struct Work {
     skipped: u64,
     busy: Duration,
     error: Option<String>,
-    results_path: Option<PathBuf>,
     last_write: Option<Instant>,
 }
 
@@ -211,7 +210,6 @@ impl DetectWorker {
             skipped: 0,
             busy: Duration::ZERO,
             error: None,
-            results_path: None,
             last_write: None,
         };
         w.models = self.load(&mut w);
@@ -505,7 +503,7 @@ impl DetectWorker {
         // Writing after every block is cheap (a few kB every 2 s), but a flood of blocks in an
         // offline render is limited to one write per 100 ms; the final write always happens.
         let due = complete || w.last_write.is_none_or(|t| t.elapsed() > Duration::from_millis(100));
-        if due && let Some(path) = self.results_file(w) {
+        if due && let Some(path) = self.results_file() {
             w.last_write = Some(Instant::now());
             if let Err(e) = write_json(&path, &results) {
                 nice_warn!("Stemmark Detect: cannot write {}: {e}", path.display());
@@ -514,11 +512,9 @@ impl DetectWorker {
     }
 
     /// The file named in the editor, else `$STEMMARK_DETECT_RESULTS`.
-    fn results_file(&self, w: &mut Work) -> Option<PathBuf> {
+    fn results_file(&self) -> Option<PathBuf> {
         let chosen = self.params.results_path.read().map(|p| p.trim().to_string()).unwrap_or_default();
-        let path = if chosen.is_empty() { std::env::var_os(RESULTS_ENV).map(PathBuf::from) } else { Some(PathBuf::from(chosen)) };
-        w.results_path = path.clone();
-        path
+        if chosen.is_empty() { std::env::var_os(RESULTS_ENV).map(PathBuf::from) } else { Some(PathBuf::from(chosen)) }
     }
 }
 

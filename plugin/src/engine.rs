@@ -17,6 +17,7 @@ use rtrb::{Consumer, Producer, RingBuffer};
 
 use crate::latency::Latency;
 use crate::params::EmbedParams;
+use crate::timeline::Timeline;
 use crate::worker::{CHUNK, Restart, Shared, Worker};
 
 /// How long offline render waits for one buffer before giving up on it (and passing it dry),
@@ -47,10 +48,7 @@ pub struct Engine {
     out_read: u64,
     /// Frames before this one are played from the dry line (a restart is warming up).
     dry_until: u64,
-    /// Timeline position expected for the next buffer while the transport plays.
-    expected: Option<i64>,
-    /// Our own timeline count, for hosts that give no position.
-    counted: i64,
+    timeline: Timeline,
     /// A restart (or the input after a full ring) still has to reach the worker.
     pending_restart: bool,
 }
@@ -112,8 +110,7 @@ impl Engine {
             seq: 0,
             out_read: 0,
             dry_until: 0,
-            expected: None,
-            counted: 0,
+            timeline: Timeline::default(),
             pending_restart: false,
         })
     }
@@ -134,8 +131,7 @@ impl Engine {
     pub fn reset(&mut self) {
         // Older input reads as silence from now on (cheaper than clearing the line here).
         self.dry_from = self.abs;
-        self.counted = 0;
-        self.expected = Some(0);
+        self.timeline.reset();
         self.restart();
     }
 
@@ -144,7 +140,7 @@ impl Engine {
         let cmd = Restart {
             seq: self.seq,
             abs: self.abs,
-            timeline: self.counted,
+            timeline: self.timeline.now(),
         };
         self.pending_restart = self.cmds.push(cmd).is_err();
     }
@@ -176,16 +172,8 @@ impl Engine {
         bypass: bool,
     ) {
         let ch = self.channels.min(buf.len());
-        // Transport: a position that does not continue the last one is a seek, loop or start.
-        match position {
-            Some(p) => {
-                if self.expected != Some(p) {
-                    self.counted = p;
-                    self.restart();
-                }
-                self.expected = Some(p + n as i64);
-            }
-            None => self.expected = None,
+        if self.timeline.jumped(position, n) {
+            self.restart();
         }
 
         // Input: delay line and worker ring.
@@ -281,7 +269,7 @@ impl Engine {
             }
         }
         self.abs += n as u64;
-        self.counted += n as i64;
+        self.timeline.advance(n);
     }
 
     fn discard_until(&mut self, want: u64) {

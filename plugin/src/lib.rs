@@ -24,6 +24,7 @@ pub mod latency;
 mod locate;
 mod params;
 pub mod status;
+mod timeline;
 mod worker;
 
 pub use detect::StemmarkDetect;

@@ -141,6 +141,17 @@ impl Sizes {
     }
 }
 
+/// A child job's `"sizes"`: `{"seed", "max"}` for random sizes, else a fixed awkward cycle.
+pub fn sizes_from_job(v: &serde_json::Value) -> Sizes {
+    match v {
+        serde_json::Value::Object(s) => Sizes::Random {
+            seed: s["seed"].as_u64().unwrap_or(1),
+            max: s["max"].as_u64().unwrap_or(4096) as usize,
+        },
+        _ => Sizes::Cycle(vec![512, 1, 4096, 37, 1000]),
+    }
+}
+
 /// What [`run`] returns.
 pub struct Run {
     /// Output, as long as the input (with `calls`, the first pass over the input).

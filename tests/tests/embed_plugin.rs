@@ -805,13 +805,7 @@ fn child_main(job_path: &Path) -> Result<()> {
     let bundle = PathBuf::from(job["bundle"].as_str().context("bundle")?);
     let rate = job["rate"].as_f64().context("rate")?;
     let offline = job["offline"].as_bool().unwrap_or(true);
-    let sizes = match &job["sizes"] {
-        Value::Object(s) => clap_host::Sizes::Random {
-            seed: s["seed"].as_u64().unwrap_or(1),
-            max: s["max"].as_u64().unwrap_or(4096) as usize,
-        },
-        _ => clap_host::Sizes::Cycle(vec![512, 1, 4096, 37, 1000]),
-    };
+    let sizes = clap_host::sizes_from_job(&job["sizes"]);
     let calls = job["calls"].as_u64().map(|c| c as usize);
     let entry = clap_host::load(&bundle)?;
     let mut result = json!({});

@@ -107,7 +107,8 @@ pub struct Embedder {
     blocks: Vec<Block>,
     out_proj: nn::Linear,
     direct: Option<nn::Linear>,
-    keyed: bool,
+    /// The key spread matrix ([`super::key_spread`]), when the direct pattern is keyed.
+    spread: Option<Vec<f32>>,
     mask_bound: f64,
 }
 
@@ -167,7 +168,7 @@ impl Embedder {
                 });
                 l
             }),
-            keyed: c.keyed,
+            spread: (c.direct && c.keyed).then(super::key_spread),
             mask_bound: c.mask_bound as f64,
         }
     }
@@ -193,8 +194,8 @@ impl Embedder {
             let t = y.size()[1] as usize;
             let chips = Tensor::from_slice(&super::frame_chips(t)).view([1, t as i64, 1]).to_device(y.device());
             let mut pattern = direct.forward(message);
-            if self.keyed {
-                pattern *= key_signs(key, &super::key_spread(), BINS as i64);
+            if let Some(spread) = &self.spread {
+                pattern *= key_signs(key, spread, BINS as i64);
             }
             y += pattern.unsqueeze(1) * chips;
         }
