@@ -56,6 +56,16 @@ impl FamilyMask {
     pub fn union(self, other: Self) -> Self {
         Self(self.0 | other.0)
     }
+
+    /// The set of the listed families.
+    pub fn from_families(families: &[Family]) -> Self {
+        families.iter().fold(Self::NONE, |m, &f| m.union(Self::of(f)))
+    }
+}
+
+/// All three families (the stages' default).
+pub fn all_families() -> Vec<Family> {
+    vec![Family::BasicNoise, Family::Filter, Family::TimePitch]
 }
 
 /// The 18 attacks.

@@ -37,7 +37,7 @@ impl Nets {
         let embedder = Embedder::new(&(embedder_vs.root() / "embedder"), &config.embedder);
         let detector = Detector::new(&(detector_vs.root() / "detector"), &config.detector);
         let separator = Separator::new(&(separator_vs.root() / "separator"), &config.separator);
-        Ok(Nets {
+        let mut nets = Nets {
             config: config.clone(),
             embedder_vs,
             detector_vs,
@@ -45,7 +45,18 @@ impl Nets {
             embedder,
             detector,
             separator,
-        })
+        };
+        nets.start_detector_as_matched_filter();
+        Ok(nets)
+    }
+
+    /// Sets the detector to the matched filter of the embedder's direct pattern, where both nets'
+    /// configurations allow it (see [`Detector::start_as_matched_filter`]); true if it did.
+    pub fn start_detector_as_matched_filter(&mut self) -> bool {
+        let Some(direct) = self.embedder_vs.variables().get("embedder.direct.weight").map(|t| t.detach()) else {
+            return false;
+        };
+        self.detector.start_as_matched_filter(&self.config.detector, &direct)
     }
 
     fn stores(&self) -> [&VarStore; 3] {

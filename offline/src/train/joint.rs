@@ -18,7 +18,7 @@ use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use tch::{Device, Kind, Tensor};
 
-use super::attacks::{self, FamilyMask, dsp};
+use super::attacks::{self, Family, FamilyMask, dsp};
 use super::checkpoint::Nets;
 use super::losses::{self, LossWeights};
 use super::nets::NetConfig;
@@ -42,6 +42,8 @@ pub struct JointConfig {
     /// Separator learning rate.
     pub separator_lr: f64,
     pub attack_step: u64,
+    /// The attack families drawn from (all three by default).
+    pub attack_families: Vec<Family>,
     /// Context on each side of the marked block (samples, a whole number of hops).
     pub context: usize,
     pub weights: LossWeights,
@@ -65,6 +67,7 @@ impl Default for JointConfig {
             lr: 1e-4,
             separator_lr: 3e-4,
             attack_step: 0,
+            attack_families: attacks::all_families(),
             context: BLOCK,
             weights,
             checkpoint_every: 1_000,
@@ -85,6 +88,7 @@ impl JointConfig {
             lr: 1e-3,
             separator_lr: 1e-3,
             attack_step: 2,
+            attack_families: attacks::all_families(),
             context: 36 * HOP,
             checkpoint_every: 2,
             log_every: 1,
@@ -190,7 +194,7 @@ pub fn step(nets: &Nets, optims: &mut [(&str, Adam)], cfg: &JointConfig, source:
     let mut mix = dsp::mix(&stems)?;
     let attacked = step >= cfg.attack_step;
     if attacked {
-        mix = attacks::apply_random(&mix, FamilyMask::ALL, rng)?.0;
+        mix = attacks::apply_random(&mix, FamilyMask::from_families(&cfg.attack_families), rng)?.0;
     }
     // The separator works on stereo; these excerpts are mono, so both channels carry the mid.
     let est = nets.separator.forward(&Tensor::stack(&[&mix, &mix], 1));

@@ -49,6 +49,16 @@ impl Film {
         }
     }
 
+    /// Back to the near-identity start of [`new`](Self::new) (draws from libtorch's generator).
+    pub fn reset(&mut self) {
+        tch::no_grad(|| {
+            let _ = self.head.ws.normal_(0.0, 1e-3);
+            if let Some(b) = &mut self.head.bs {
+                let _ = b.zero_();
+            }
+        });
+    }
+
     /// `x` has its features on `axis` (1 for `[B, C, T]`, 2 for `[B, T, C]`); `c` is `[B, cond]`.
     pub fn apply(&self, x: &Tensor, c: &Tensor, axis: i64) -> Tensor {
         let gb = self.head.forward(c);

@@ -229,8 +229,8 @@ impl NetConfig {
                 keyed: true,
             },
             detector: DetectorConfig {
-                front: Some(DetectorFront { bands: 4, kernel: 1024, stride: 980, demodulate: true, keyed: true, first_bin: 24, bin_step: 2 }),
-                channels: vec![8],
+                front: Some(DetectorFront { bands: 16, kernel: 1024, stride: 980, demodulate: true, keyed: true, first_bin: 24, bin_step: 2 }),
+                channels: vec![32],
                 kernel: 1,
                 stride: 1,
                 film_hidden: 8,
