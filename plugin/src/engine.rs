@@ -76,6 +76,10 @@ impl Engine {
         let (cmds, cmd_rx) = RingBuffer::<Restart>::new(64);
         shared.shutdown.store(false, Ordering::Release);
         shared.status.latency.store(lat as u32, Ordering::Relaxed);
+        // Set here, not by the thread, so `wait_ready` cannot look before the thread starts (it
+        // would see a stopped worker, or the state of the previous activation, and not wait).
+        shared.alive.store(true, Ordering::Release);
+        shared.status.set_state(crate::status::State::Loading);
         let worker = Worker {
             params,
             shared: shared.clone(),
@@ -89,7 +93,10 @@ impl Engine {
         let handle = std::thread::Builder::new()
             .name("stemmark-embed".into())
             .spawn(move || worker.run())
-            .map_err(|e| format!("cannot start the worker thread: {e}"))?;
+            .map_err(|e| {
+                shared.alive.store(false, Ordering::Release);
+                format!("cannot start the worker thread: {e}")
+            })?;
         let thread = handle.thread().clone();
         let dry_len = (lat + 2 * max_buffer) as u64;
         Ok(Engine {

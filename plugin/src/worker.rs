@@ -116,7 +116,6 @@ impl Worker {
     /// Thread body. Returns when `shared.shutdown` is set.
     pub fn run(mut self) {
         let shared = self.shared.clone();
-        shared.alive.store(true, Ordering::Release);
         // A panic must not take the host down with it; the audio thread goes dry when alive is
         // false.
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.main()));
