@@ -88,12 +88,25 @@ impl Nets {
     /// Loads weights saved by [`save`](Self::save); every variable must be there with its shape,
     /// and the file may hold nothing else.
     pub fn load(&mut self, path: &Path) -> Result<()> {
+        self.load_where(path, |_| true)
+    }
+
+    /// Loads only the variables of one net (`"separator"`: those named `separator.…`) from a
+    /// file saved by [`save`](Self::save).
+    pub fn load_net(&mut self, path: &Path, net: &str) -> Result<()> {
+        let prefix = format!("{net}.");
+        self.load_where(path, |name| name.starts_with(&prefix))
+    }
+
+    fn load_where(&mut self, path: &Path, wanted: impl Fn(&str) -> bool) -> Result<()> {
         let file: HashMap<String, Tensor> = Tensor::read_safetensors(path)
             .with_context(|| format!("cannot read {}", path.display()))?
             .into_iter()
             .collect();
-        let vars = self.variables();
-        if let Some(extra) = file.keys().find(|k| !vars.iter().any(|(n, _)| n == *k)) {
+        let vars: Vec<(String, Tensor)> = self.variables().into_iter().filter(|(n, _)| wanted(n)).collect();
+        ensure!(!vars.is_empty(), "no variable of these nets is wanted from {}", path.display());
+        let all = self.variables();
+        if let Some(extra) = file.keys().find(|k| !all.iter().any(|(n, _)| n == *k)) {
             bail!(
                 "{} holds `{extra}`, which these nets do not have (a different network config?)",
                 path.display()

@@ -54,6 +54,9 @@ pub struct JointConfig {
     /// Weights to start from (a pretrain or joint checkpoint's nets.safetensors), when the run
     /// has no checkpoint of its own yet.
     pub init: Option<std::path::PathBuf>,
+    /// Then the separator's weights alone from this file (e.g. a pretrained embedder and
+    /// detector from `init`, the separator of an earlier joint run from here).
+    pub separator_init: Option<std::path::PathBuf>,
 }
 
 impl Default for JointConfig {
@@ -75,6 +78,7 @@ impl Default for JointConfig {
             seed: 0,
             nets: NetConfig::default(),
             init: None,
+            separator_init: None,
         }
     }
 }
@@ -260,6 +264,11 @@ pub fn run(cfg: &JointConfig, source: &mut dyn PairSource, run_dir: &Path, devic
         && !run_dir.join("checkpoint/state.json").is_file()
     {
         nets.load(init)?;
+    }
+    if let Some(sep) = &cfg.separator_init
+        && !run_dir.join("checkpoint/state.json").is_file()
+    {
+        nets.load_net(sep, "separator")?;
     }
     let mut optims = optimisers(&nets, cfg);
     let stage = if cfg.finetune { "finetune" } else { "joint" };

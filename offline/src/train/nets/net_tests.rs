@@ -147,6 +147,23 @@ fn checkpoints_round_trip_with_stable_names() {
 }
 
 #[test]
+fn one_net_can_be_taken_from_another_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a.safetensors");
+    let a = nets(7);
+    a.save(&path).unwrap();
+    let mut b = nets(8);
+    let before: std::collections::HashMap<String, Tensor> = b.variables().into_iter().map(|(n, t)| (n, t.copy())).collect();
+    b.load_net(&path, "separator").unwrap();
+    let from_a: std::collections::HashMap<String, Tensor> = a.variables().into_iter().collect();
+    for (name, t) in b.variables() {
+        let want = if name.starts_with("separator.") { &from_a[&name] } else { &before[&name] };
+        assert!(t.equal(want), "{name} is not where it should come from");
+    }
+    assert!(b.load_net(&path, "nothing").is_err(), "a net that is not there is an error");
+}
+
+#[test]
 fn weight_names_and_shapes_are_what_the_export_expects() {
     for config in [NetConfig::tiny(), NetConfig::default()] {
         let n = Nets::new(&config, Device::Cpu).unwrap();
