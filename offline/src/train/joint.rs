@@ -57,6 +57,8 @@ pub struct JointConfig {
     /// Then the separator's weights alone from this file (e.g. a pretrained embedder and
     /// detector from `init`, the separator of an earlier joint run from here).
     pub separator_init: Option<std::path::PathBuf>,
+    /// After loading, restart the detector as the matched filter of the loaded embedder.
+    pub reset_detector: bool,
 }
 
 impl Default for JointConfig {
@@ -79,6 +81,7 @@ impl Default for JointConfig {
             nets: NetConfig::default(),
             init: None,
             separator_init: None,
+            reset_detector: false,
         }
     }
 }
@@ -269,6 +272,9 @@ pub fn run(cfg: &JointConfig, source: &mut dyn PairSource, run_dir: &Path, devic
         && !run_dir.join("checkpoint/state.json").is_file()
     {
         nets.load_net(sep, "separator")?;
+    }
+    if cfg.reset_detector && !run_dir.join("checkpoint/state.json").is_file() {
+        ensure!(nets.start_detector_as_matched_filter(), "reset_detector needs a keyed, demodulating detector front and one 1×1 layer of 2·bands channels");
     }
     let mut optims = optimisers(&nets, cfg);
     let stage = if cfg.finetune { "finetune" } else { "joint" };
