@@ -262,6 +262,48 @@ fn at_48k_output_is_delayed_and_close_to_the_44k_path() {
     }
 }
 
+/// The shipped (trained) models in the plugin: its latency-compensated output, as a host bounces
+/// it, goes through what `stemmark detect` runs (offset search, no separation: one stem).
+#[test]
+fn with_the_shipped_models_stemmark_detect_reads_the_payload_and_a_wrong_key_finds_nothing() {
+    let bundle = bundle("bundled", "cargo xtask bundle stemmark-plugin --release");
+    let shipped = workspace_root().join("models");
+    let manifest = stemmark_models::manifest::Manifest::load(&shipped).unwrap();
+    assert_eq!(manifest.kind, "trained", "models/ must hold the trained models");
+    let child = Child::new();
+    let input = music_44k(20);
+    write_raw(&child.path("in.raw"), &input);
+    let (result, _) = child.run_with_models(
+        json!({
+            "bundle": bundle, "rate": 44_100.0, "offline": true,
+            "sizes": {"seed": 13, "max": 4096},
+            "key": {"name": "vocals", "hex": KEY_HEX}, "payload": PAYLOAD,
+            "jobs": [{"input": child.path("in.raw"), "output": child.path("out.raw")}],
+        }),
+        &shipped,
+    );
+    let latency = result["latency"].as_u64().unwrap() as usize;
+    let out = read_raw(&child.path("out.raw"), 2);
+    let bounced: Vec<Vec<f32>> = out.iter().map(|c| c[latency..].to_vec()).collect();
+    runtime::init(None, &[]).unwrap();
+    let wrong = Key::from_hex("ffeeddccbbaa99887766554433221100", "other").unwrap();
+    let report = stemmark_offline::cmd::detect::analyse(
+        Path::new("bounce.wav"),
+        &stemmark_offline::audio::Audio::new(44_100, bounced),
+        &[key(), wrong],
+        &shipped,
+        Provider::Cpu,
+        stemmark_models::detector::Alignment::Search,
+        false,
+        &mut |_| {},
+        &mut |_, _| {},
+    )
+    .unwrap();
+    let found: Vec<(String, u32)> = report.found.iter().map(|f| (f.key.clone(), f.payload)).collect();
+    println!("found {found:?}");
+    assert_eq!(found, [("vocals".to_string(), PAYLOAD)], "the right key and payload, nothing else");
+}
+
 #[test]
 fn blocks_follow_the_transport_grid_across_a_seek() {
     // The transport starts at 1.3 s and jumps to 30.7 s (+123 samples) after 8 s of audio. Each

@@ -53,7 +53,13 @@ pub struct SetReport {
     pub ber_codec: std::collections::BTreeMap<String, [BitCount; 2]>,
     pub quality: [Quality; 2],
     pub separation: [Separation; 2],
+    /// Payload over the whole item, read from the separated stem.
     pub payload: [PayloadCount; 2],
+    /// Payload read from the mix itself with the stem's key.
+    pub payload_mix: [PayloadCount; 2],
+    /// What Stemmark Detect reports: the payload found on the mix or on a separated stem
+    /// (wrong if either reading gave a wrong one).
+    pub payload_detect: [PayloadCount; 2],
     pub false_positives: FalsePositives,
     /// WAKE: foreground stems marked twice, one key after the other; [first key, second key].
     pub double_mark: [PayloadCount; 2],
@@ -75,6 +81,8 @@ impl SetReport {
             quality: Default::default(),
             separation: Default::default(),
             payload: Default::default(),
+            payload_mix: Default::default(),
+            payload_detect: Default::default(),
             false_positives: FalsePositives::default(),
             double_mark: Default::default(),
             double_mark_ber: Default::default(),
@@ -141,17 +149,17 @@ impl Report {
                 s += &format!("| {} | {stem} | {:.2} | {:.2} |\n", r.models.display(), mean(&r.separation[i].sdr), mean(&r.separation[i].si_sdr));
             }
         }
-        s += "\n## Payloads and keys\n\n| models | stem | payload correct | wrong payload | BER wrong key % | false positives (95 % bound) |\n|---|---|---:|---:|---:|---:|\n";
+        s += "\n## Payloads and keys\n\nPayload correct / items (wrong payloads), per item, read after separation, on the mix, and as Stemmark Detect reports it (either).\n\n| models | stem | after separation | on the mix | Stemmark Detect | BER wrong key % | false positives (95 % bound) |\n|---|---|---:|---:|---:|---:|---:|\n";
+        let count = |p: PayloadCount| format!("{}/{} ({})", p.correct, p.items, p.wrong);
         for r in &self.sets {
             let fp = r.false_positives;
             for (i, stem) in STEMS.iter().enumerate() {
-                let p = r.payload[i];
                 s += &format!(
-                    "| {} | {stem} | {}/{} | {} | {:.1} | {}/{} (≤ {:.2e}) |\n",
+                    "| {} | {stem} | {} | {} | {} | {:.1} | {}/{} (≤ {:.2e}) |\n",
                     r.models.display(),
-                    p.correct,
-                    p.items,
-                    p.wrong,
+                    count(r.payload[i]),
+                    count(r.payload_mix[i]),
+                    count(r.payload_detect[i]),
                     r.ber_wrong_key.percent(),
                     fp.found,
                     fp.trials,
