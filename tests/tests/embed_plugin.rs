@@ -1,5 +1,6 @@
-//! Stemmark Embed loaded from its bundle by a real CLAP host (clack-host), on plumbing models
-//! (random weights, exact contracts: no trained models exist yet).
+//! Stemmark Embed loaded from its bundle by a real CLAP host (clack-host). The exactness tests
+//! run on plumbing models (random weights, exact contracts, independent of what training ships);
+//! one test runs the shipped trained models and decodes the plugin's output.
 //!
 //! Each host session runs in a child process (this test binary re-run with only `embed_child`
 //! selected and a job file in `STEMMARK_EMBED_CHILD`), as in plugin_host.rs: a plugin that aborts

@@ -71,8 +71,9 @@ pub fn run(stage: Stage) -> Result<()> {
             }
             let dev = pick_device(a);
             let mut source = CorpusPairs::new(&a.corpus, Split::Train, cfg.seed)?;
+            let mut validation = CorpusPairs::new(&a.corpus, Split::Validation, cfg.seed)?;
             let started = std::time::Instant::now();
-            if let Some(m) = joint::run(&cfg, &mut source, &a.run, dev)? {
+            if let Some(m) = joint::run(&cfg, &mut source, &mut validation, &a.run, dev)? {
                 println!(
                     "{}: step {} of {}, bit accuracy {:.3}/{:.3}, separator L1 {:.4}, SNR {:.1} dB ({:.0} s)",
                     if finetune { "finetune" } else { "joint" },
@@ -94,8 +95,9 @@ pub fn run(stage: Stage) -> Result<()> {
             }
             let dev = pick_device(&a);
             let mut source = CorpusSource::new(&a.corpus, Split::Train, cfg.seed, cfg.batch)?;
+            let mut validation = CorpusSource::new(&a.corpus, Split::Validation, cfg.seed, cfg.validation_examples.max(1))?;
             let started = std::time::Instant::now();
-            let last = pretrain::run(&cfg, &mut source, &a.run, dev)?;
+            let last = pretrain::run(&cfg, &mut source, &mut validation, &a.run, dev)?;
             if let Some(m) = last {
                 println!(
                     "pretrain: step {} of {}, bit accuracy {:.3}, wrong-key accuracy {:.3}, SNR {:.1} dB ({:.0} s)",

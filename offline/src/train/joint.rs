@@ -14,7 +14,7 @@
 use std::path::Path;
 
 use anyhow::{Result, ensure};
-use rand::Rng;
+use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use tch::{Device, Kind, Tensor};
 
@@ -49,6 +49,9 @@ pub struct JointConfig {
     pub weights: LossWeights,
     pub checkpoint_every: u64,
     pub log_every: u64,
+    /// Validate every this many steps (0: never) on `validation_examples` held-out pairs.
+    pub validate_every: u64,
+    pub validation_examples: usize,
     pub seed: u64,
     pub nets: NetConfig,
     /// Weights to start from (a pretrain or joint checkpoint's nets.safetensors), when the run
@@ -77,6 +80,8 @@ impl Default for JointConfig {
             weights,
             checkpoint_every: 1_000,
             log_every: 50,
+            validate_every: 1_000,
+            validation_examples: 16,
             seed: 0,
             nets: NetConfig::default(),
             init: None,
@@ -99,6 +104,8 @@ impl JointConfig {
             context: 36 * HOP,
             checkpoint_every: 2,
             log_every: 1,
+            validate_every: 2,
+            validation_examples: 2,
             seed: 2,
             nets: NetConfig::tiny(),
             ..JointConfig::default()
@@ -260,7 +267,7 @@ pub fn optimisers(nets: &Nets, cfg: &JointConfig) -> Vec<(&'static str, Adam)> {
 }
 
 /// Runs (or resumes) `joint` or `finetune` in `run_dir`.
-pub fn run(cfg: &JointConfig, source: &mut dyn PairSource, run_dir: &Path, device: Device) -> Result<Option<JointLog>> {
+pub fn run(cfg: &JointConfig, source: &mut dyn PairSource, validation: &mut dyn PairSource, run_dir: &Path, device: Device) -> Result<Option<JointLog>> {
     ensure!(cfg.context.is_multiple_of(HOP), "context must be a whole number of hops ({HOP} samples)");
     let mut nets = seeded_nets(&cfg.nets, device, cfg.seed)?;
     if let Some(init) = &cfg.init
@@ -278,8 +285,72 @@ pub fn run(cfg: &JointConfig, source: &mut dyn PairSource, run_dir: &Path, devic
     }
     let mut optims = optimisers(&nets, cfg);
     let stage = if cfg.finetune { "finetune" } else { "joint" };
-    let lp = Loop { stage, run_dir, steps: cfg.steps, log_every: cfg.log_every, checkpoint_every: cfg.checkpoint_every, seed: cfg.seed };
-    lp.run(&mut nets, &mut optims, |nets, optims, rng, s| step(nets, optims, cfg, source, rng, s))
+    let lp = Loop { stage, run_dir, steps: cfg.steps, log_every: cfg.log_every, checkpoint_every: cfg.checkpoint_every, validate_every: cfg.validate_every, seed: cfg.seed };
+    let held = if cfg.validate_every > 0 {
+        let mut rng = ChaCha8Rng::seed_from_u64(HELD_SEED);
+        let n = cfg.validation_examples.max(1);
+        let x = validation.pairs(n, cfg.excerpt(), &mut rng)?.to_device(device);
+        let draw = |rng: &mut ChaCha8Rng, dim| [pm1(n, dim, rng, device), pm1(n, dim, rng, device)];
+        let (messages, keys) = (draw(&mut rng, MESSAGE_BITS), draw(&mut rng, KEY_DIM));
+        Some((x, messages, keys))
+    } else {
+        None
+    };
+    lp.run(
+        &mut nets,
+        &mut optims,
+        |nets, optims, rng, s| step(nets, optims, cfg, source, rng, s),
+        |nets| {
+            let (x, messages, keys) = held.as_ref().expect("drawn when validating");
+            validate(nets, cfg, x, messages, keys)
+        },
+    )
+}
+
+/// The seed of the held-out draw (fixed, not the training seed, so runs compare).
+const HELD_SEED: u64 = 0x7661_6c69_6461_7465; // "validate"
+
+/// The joint pipeline without attacks on held-out pairs `x` `[n, 2, len]`: BER per stem after
+/// separation and on the mix, SNR of the marked stems, the separator's L1.
+fn validate(nets: &Nets, cfg: &JointConfig, x: &Tensor, messages: &[Tensor; 2], keys: &[Tensor; 2]) -> Result<serde_json::Map<String, serde_json::Value>> {
+    tch::no_grad(|| {
+        let n = x.size()[0];
+        let chunk = cfg.batch.max(1) as i64;
+        let (mut ok_sep, mut ok_mix, mut l1, mut sig, mut err) = ([0.0; 2], [0.0; 2], 0.0, 0.0, 0.0);
+        for start in (0..n).step_by(chunk as usize) {
+            let len = chunk.min(n - start);
+            let weight = len as f64 / n as f64;
+            let xs = x.narrow(0, start, len);
+            let (m, k): (Vec<Tensor>, Vec<Tensor>) = (0..2).map(|s| (messages[s].narrow(0, start, len), keys[s].narrow(0, start, len))).unzip();
+            let mut marked = Vec::new();
+            for s in 0..2 {
+                let stem = xs.select(1, s as i64);
+                let w = mark(nets, &stem, &m[s], &k[s], cfg.context);
+                let (clean, wm) = (block(&stem, cfg.context), block(&w, cfg.context));
+                sig += clean.pow_tensor_scalar(2).sum(Kind::Float).double_value(&[]);
+                err += (&clean - &wm).pow_tensor_scalar(2).sum(Kind::Float).double_value(&[]);
+                marked.push(w);
+            }
+            let stems = dsp::normalize_stems(&Tensor::stack(&marked, 1), STEM_LUFS, MAX_GAIN_DB)?;
+            let mix = dsp::mix(&stems)?;
+            let est = nets.separator.forward(&Tensor::stack(&[&mix, &mix], 1));
+            l1 += losses::sep_l1(&est, &Tensor::stack(&[&stems, &stems], 2))?.double_value(&[]) * weight;
+            let est_mid = est.mean_dim(2, false, Kind::Float);
+            for s in 0..2 {
+                let read = |audio: &Tensor| losses::bit_accuracy(&nets.detector.forward(&block(audio, cfg.context), &k[s]), &m[s]) * weight;
+                ok_sep[s] += read(&est_mid.select(1, s as i64));
+                ok_mix[s] += read(&mix);
+            }
+        }
+        let pct = |acc: f64| ((1.0 - acc) * 1e4).round() / 1e2;
+        let mut v = serde_json::Map::new();
+        v.insert("examples".into(), n.into());
+        v.insert("ber_separated_percent".into(), serde_json::json!([pct(ok_sep[0]), pct(ok_sep[1])]));
+        v.insert("ber_mix_percent".into(), serde_json::json!([pct(ok_mix[0]), pct(ok_mix[1])]));
+        v.insert("separator_l1".into(), ((l1 * 1e5).round() / 1e5).into());
+        v.insert("snr_db".into(), ((10.0 * (sig / err.max(1e-20)).log10() * 100.0).round() / 100.0).into());
+        Ok(v)
+    })
 }
 
 #[cfg(test)]
@@ -341,12 +412,12 @@ mod tests {
     fn joint_resumes_exactly() {
         let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
         let cfg = JointConfig::tiny();
-        run(&cfg, &mut Tones, a.path(), Device::Cpu).unwrap();
+        run(&cfg, &mut Tones, &mut Tones, a.path(), Device::Cpu).unwrap();
         if std::env::var_os("DETCHECK").is_some() {
-            run(&cfg, &mut Tones, b.path(), Device::Cpu).unwrap();
+            run(&cfg, &mut Tones, &mut Tones, b.path(), Device::Cpu).unwrap();
         } else {
-            run(&JointConfig { steps: 2, ..cfg.clone() }, &mut Tones, b.path(), Device::Cpu).unwrap();
-            run(&cfg, &mut Tones, b.path(), Device::Cpu).unwrap();
+            run(&JointConfig { steps: 2, ..cfg.clone() }, &mut Tones, &mut Tones, b.path(), Device::Cpu).unwrap();
+            run(&cfg, &mut Tones, &mut Tones, b.path(), Device::Cpu).unwrap();
         }
         let load = |d: &Path| {
             let mut w = Tensor::read_safetensors(d.join("checkpoint/nets.safetensors")).unwrap();
@@ -356,5 +427,15 @@ mod tests {
         let differ: Vec<String> =
             load(a.path()).iter().zip(&load(b.path())).filter(|((_, x), (_, y))| !x.equal(y)).map(|((n, _), _)| n.clone()).collect();
         assert!(differ.is_empty(), "differ after resuming: {differ:?}");
+        let val = |d: &Path| -> Vec<serde_json::Value> {
+            std::fs::read_to_string(d.join("validation.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+        };
+        let (va, vb) = (val(a.path()), val(b.path()));
+        assert_eq!(va.iter().map(|v| v["step"].as_u64().unwrap()).collect::<Vec<_>>(), [2, 4]);
+        assert_eq!(va, vb, "validation differs after resuming");
+        for key in ["ber_separated_percent", "ber_mix_percent"] {
+            assert_eq!(va[1][key].as_array().map(Vec::len), Some(2), "{key}: {}", va[1]);
+        }
+        assert!(va[1]["separator_l1"].as_f64().is_some_and(|l| l.is_finite() && l > 0.0));
     }
 }

@@ -45,6 +45,9 @@ pub struct PretrainConfig {
     pub weights: LossWeights,
     pub checkpoint_every: u64,
     pub log_every: u64,
+    /// Validate every this many steps (0: never) on `validation_examples` held-out excerpts.
+    pub validate_every: u64,
+    pub validation_examples: usize,
     pub seed: u64,
     /// Curriculum on keys: 0 draws a fresh random key for every example (the goal); n > 0 draws
     /// from a fixed pool of n keys (seeded by `seed`), so bits can be learnt before keys.
@@ -68,6 +71,8 @@ impl Default for PretrainConfig {
             weights: LossWeights::default(),
             checkpoint_every: 1_000,
             log_every: 50,
+            validate_every: 1_000,
+            validation_examples: 32,
             seed: 0,
             key_pool: 0,
             init: None,
@@ -90,6 +95,8 @@ impl PretrainConfig {
             weights,
             checkpoint_every: 2,
             log_every: 1,
+            validate_every: 2,
+            validation_examples: 2,
             seed: 1,
             key_pool: 0,
             init: None,
@@ -302,7 +309,7 @@ impl StepLog for PretrainLog {
 
 /// Runs (or resumes) the stage in `run_dir`: `checkpoint/` holds the latest state, `metrics.jsonl`
 /// one line per logged step. Returns the last step's metrics.
-pub fn run(cfg: &PretrainConfig, source: &mut dyn Source, run_dir: &Path, device: Device) -> Result<Option<PretrainLog>> {
+pub fn run(cfg: &PretrainConfig, source: &mut dyn Source, validation: &mut dyn Source, run_dir: &Path, device: Device) -> Result<Option<PretrainLog>> {
     let mut nets = seeded_nets(&cfg.nets, device, cfg.seed)?;
     if let Some(init) = &cfg.init
         && !run_dir.join("checkpoint/state.json").is_file()
@@ -315,8 +322,66 @@ pub fn run(cfg: &PretrainConfig, source: &mut dyn Source, run_dir: &Path, device
     }
     let trainable = nets.embedder_vs.variables().into_iter().chain(nets.detector_vs.variables()).collect();
     let mut optims = [("embedder-detector", Adam::new(trainable, cfg.lr))];
-    let lp = Loop { stage: "pretrain", run_dir, steps: cfg.steps, log_every: cfg.log_every, checkpoint_every: cfg.checkpoint_every, seed: cfg.seed };
-    lp.run(&mut nets, &mut optims, |nets, optims, rng, s| step(nets, &mut optims[0].1, cfg, source, rng, s, nets_device(nets)))
+    let held = if cfg.validate_every > 0 { Some(Held::draw(cfg, validation, device)?) } else { None };
+    let lp = Loop { stage: "pretrain", run_dir, steps: cfg.steps, log_every: cfg.log_every, checkpoint_every: cfg.checkpoint_every, validate_every: cfg.validate_every, seed: cfg.seed };
+    lp.run(
+        &mut nets,
+        &mut optims,
+        |nets, optims, rng, s| step(nets, &mut optims[0].1, cfg, source, rng, s, nets_device(nets)),
+        |nets| held.as_ref().expect("drawn when validating").validate(nets, cfg),
+    )
+}
+
+/// The held-out examples of a run's validations: excerpts, messages and keys drawn once (fixed
+/// seed), so every validation of a run reads the same thing.
+pub struct Held {
+    x: Tensor,
+    message: Tensor,
+    key: Tensor,
+    wrong: Tensor,
+}
+
+/// The seed of the held-out draw (any fixed value; not the training seed, so runs compare).
+const HELD_SEED: u64 = 0x7661_6c69_6461_7465; // "validate"
+
+impl Held {
+    pub fn draw(cfg: &PretrainConfig, validation: &mut dyn Source, device: Device) -> Result<Held> {
+        let mut rng = ChaCha8Rng::seed_from_u64(HELD_SEED);
+        let n = cfg.validation_examples.max(1);
+        let x = validation.excerpts(n, 0, &mut rng)?.to_device(device);
+        let (message, key, wrong) = (pm1(n, MESSAGE_BITS, &mut rng, device), pm1(n, KEY_DIM, &mut rng, device), pm1(n, KEY_DIM, &mut rng, device));
+        Ok(Held { x, message, key, wrong })
+    }
+
+    /// BER clean, attacked (the stage's families, fixed draws) and with a wrong key; SNR.
+    pub fn validate(&self, nets: &Nets, cfg: &PretrainConfig) -> Result<serde_json::Map<String, serde_json::Value>> {
+        tch::no_grad(|| {
+            let n = self.x.size()[0];
+            let chunk = cfg.batch.max(1) as i64;
+            let (mut ok, mut ok_attacked, mut ok_wrong, mut sig, mut err) = (0.0, 0.0, 0.0, 0.0, 0.0);
+            let mut rng = ChaCha8Rng::seed_from_u64(HELD_SEED + 1);
+            for start in (0..n).step_by(chunk as usize) {
+                let len = chunk.min(n - start);
+                let (x, m, k, w) = (self.x.narrow(0, start, len), self.message.narrow(0, start, len), self.key.narrow(0, start, len), self.wrong.narrow(0, start, len));
+                let (clean, wm) = (block(&x, CONTEXT), block(&mark(nets, &x, &m, &k, CONTEXT), CONTEXT));
+                let attacked = attacks::apply_random(&wm, FamilyMask::from_families(&cfg.attack_families), &mut rng)?.0;
+                let weight = len as f64 / n as f64;
+                ok += losses::bit_accuracy(&nets.detector.forward(&wm, &k), &m) * weight;
+                ok_attacked += losses::bit_accuracy(&nets.detector.forward(&attacked, &k), &m) * weight;
+                ok_wrong += losses::bit_accuracy(&nets.detector.forward(&wm, &w), &m) * weight;
+                sig += clean.pow_tensor_scalar(2).sum(Kind::Float).double_value(&[]);
+                err += (&clean - &wm).pow_tensor_scalar(2).sum(Kind::Float).double_value(&[]);
+            }
+            let pct = |acc: f64| ((1.0 - acc) * 1e4).round() / 1e2;
+            let mut v = serde_json::Map::new();
+            v.insert("examples".into(), n.into());
+            v.insert("ber_percent".into(), pct(ok).into());
+            v.insert("ber_attacked_percent".into(), pct(ok_attacked).into());
+            v.insert("ber_wrong_key_percent".into(), pct(ok_wrong).into());
+            v.insert("snr_db".into(), ((10.0 * (sig / err.max(1e-20)).log10() * 100.0).round() / 100.0).into());
+            Ok(v)
+        })
+    }
 }
 
 fn nets_device(nets: &Nets) -> Device {
@@ -339,10 +404,10 @@ mod tests {
     fn resume_is_exact() {
         let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
         let cfg = PretrainConfig::tiny();
-        run(&cfg, &mut Tones, a.path(), Device::Cpu).unwrap();
+        run(&cfg, &mut Tones, &mut Tones, a.path(), Device::Cpu).unwrap();
         let half = PretrainConfig { steps: 2, ..cfg.clone() };
-        run(&half, &mut Tones, b.path(), Device::Cpu).unwrap();
-        run(&cfg, &mut Tones, b.path(), Device::Cpu).unwrap();
+        run(&half, &mut Tones, &mut Tones, b.path(), Device::Cpu).unwrap();
+        run(&cfg, &mut Tones, &mut Tones, b.path(), Device::Cpu).unwrap();
         let (wa, wb) = (weights(a.path()), weights(b.path()));
         assert_eq!(wa.len(), wb.len());
         for ((na, ta), (nb, tb)) in wa.iter().zip(&wb) {
@@ -351,6 +416,16 @@ mod tests {
         }
         let lines = std::fs::read_to_string(b.path().join("metrics.jsonl")).unwrap();
         assert_eq!(lines.lines().count(), 4, "one line per step, none repeated");
+        // Validation after steps 2 and 4, the same numbers straight or resumed.
+        let val = |d: &Path| -> Vec<serde_json::Value> {
+            std::fs::read_to_string(d.join("validation.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+        };
+        let (va, vb) = (val(a.path()), val(b.path()));
+        assert_eq!(va.iter().map(|v| v["step"].as_u64().unwrap()).collect::<Vec<_>>(), [2, 4]);
+        assert_eq!(va, vb);
+        for key in ["ber_percent", "ber_attacked_percent", "ber_wrong_key_percent", "snr_db"] {
+            assert!(va[1][key].as_f64().is_some_and(f64::is_finite), "{key}: {}", va[1]);
+        }
     }
 
     #[test]

@@ -49,16 +49,22 @@ pub struct Loop<'a> {
     pub steps: u64,
     pub log_every: u64,
     pub checkpoint_every: u64,
+    /// Validation (on held-out examples, `validation.jsonl`) after every this many steps and at
+    /// the end; 0: never.
+    pub validate_every: u64,
     pub seed: u64,
 }
 
 impl Loop<'_> {
-    /// Runs `step(nets, optimisers, rng, step)` from the checkpointed step (or 0) to `steps`.
+    /// Runs `step(nets, optimisers, rng, step)` from the checkpointed step (or 0) to `steps`,
+    /// and `validate(nets)` at the validation steps (its numbers go to `validation.jsonl` with
+    /// the step and to the log).
     pub fn run<L: StepLog>(
         &self,
         nets: &mut Nets,
         optims: &mut [(&str, Adam)],
         mut step: impl FnMut(&Nets, &mut [(&str, Adam)], &mut ChaCha8Rng, u64) -> Result<L>,
+        mut validate: impl FnMut(&Nets) -> Result<serde_json::Map<String, serde_json::Value>>,
     ) -> Result<Option<L>> {
         std::fs::create_dir_all(self.run_dir)?;
         let ck = self.run_dir.join("checkpoint");
@@ -94,6 +100,14 @@ impl Loop<'_> {
             }
             if (s + 1) % self.checkpoint_every == 0 || s + 1 == self.steps {
                 self.save(nets, optims, &rng, s + 1, &ck)?;
+            }
+            if self.validate_every > 0 && ((s + 1) % self.validate_every == 0 || s + 1 == self.steps) {
+                let mut v = validate(nets).with_context(|| format!("{} validation after step {}", self.stage, s + 1))?;
+                v.insert("step".into(), (s + 1).into());
+                let line = serde_json::to_string(&v)?;
+                let mut f = std::fs::OpenOptions::new().create(true).append(true).open(self.run_dir.join("validation.jsonl"))?;
+                writeln!(f, "{line}")?;
+                pb.suspend(|| tracing::info!("{} validation: {line}", self.stage));
             }
             pb.set_position(s + 1);
             last = Some(m);
