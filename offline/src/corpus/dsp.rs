@@ -30,6 +30,28 @@ pub fn decode(path: &Path) -> Result<Audio> {
     decode_ffmpeg(path)
 }
 
+/// Most non-finite samples a render may hold and still be repaired (1 in 100 000).
+const MAX_REPAIRED: f64 = 1e-5;
+
+/// [`decode`] for synthesiser renders (LMMS): a few non-finite samples (a synth's first samples
+/// came out −inf in one LMMS demo track) are set to 0 and counted, not fatal; more are an error.
+pub fn decode_render(path: &Path) -> Result<(Audio, usize)> {
+    let mut a = match crate::audio::read(path) {
+        Ok(a) if a.rate == SAMPLE_RATE && a.channels.len() <= 2 => a,
+        _ => return Ok((decode(path)?, 0)),
+    };
+    let total = a.channels.iter().map(Vec::len).sum::<usize>();
+    let mut bad = 0;
+    for x in a.channels.iter_mut().flatten().filter(|x| !x.is_finite()) {
+        *x = 0.0;
+        bad += 1;
+    }
+    if bad as f64 > MAX_REPAIRED * total as f64 {
+        bail!("{}: {bad} of {total} samples are not finite", path.display());
+    }
+    Ok((a.to_stereo()?, bad))
+}
+
 fn decode_ffmpeg(path: &Path) -> Result<Audio> {
     let out = Command::new("ffmpeg")
         .args(["-nostdin", "-v", "error", "-i"])
@@ -170,6 +192,31 @@ pub fn write_pcm16(path: &Path, audio: &Audio) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn write_f32(path: &Path, samples: &[f32]) {
+        let spec = hound::WavSpec { channels: 1, sample_rate: SAMPLE_RATE, bits_per_sample: 32, sample_format: hound::SampleFormat::Float };
+        let mut w = hound::WavWriter::create(path, spec).unwrap();
+        samples.iter().for_each(|&x| w.write_sample(x).unwrap());
+        w.finalize().unwrap();
+    }
+
+    #[test]
+    fn a_render_with_a_few_non_finite_samples_is_repaired_and_one_with_many_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut x: Vec<f32> = (0..200_000).map(|i| (i as f32 * 0.01).sin() * 0.5).collect();
+        x[130] = f32::NEG_INFINITY;
+        let one = dir.path().join("one.wav");
+        write_f32(&one, &x);
+        let (a, bad) = decode_render(&one).unwrap();
+        assert_eq!(bad, 1);
+        assert_eq!((a.channels.len(), a.channels[0][130], a.channels[1][131]), (2, 0.0, x[131]));
+        assert!(decode(&one).is_err(), "plain decoding still refuses it");
+        x.iter_mut().step_by(1000).for_each(|v| *v = f32::NAN);
+        let many = dir.path().join("many.wav");
+        write_f32(&many, &x);
+        let err = format!("{:#}", decode_render(&many).unwrap_err());
+        assert!(err.contains("201 of 200000 samples are not finite"), "{err}");
+    }
 
     fn tone(n: usize, amp: f32) -> Audio {
         let x: Vec<f32> = (0..n).map(|i| amp * (i as f32 * 0.05).sin()).collect();

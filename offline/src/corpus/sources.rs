@@ -485,9 +485,11 @@ fn lmms(item: &Item, project: &Path, work: &Path, notes: &mut BTreeMap<String, S
     let mut tracks: Vec<(String, Audio, f64)> = Vec::new();
     let mut paths: Vec<PathBuf> = std::fs::read_dir(&tracks_dir)?.filter_map(|e| e.ok().map(|e| e.path())).collect();
     paths.sort();
+    let mut repaired = 0;
     for p in paths.into_iter().filter(|p| is_audio(p)) {
         let name = p.file_stem().and_then(|s| s.to_str()).unwrap_or("").to_string();
-        let a = dsp::decode(&p)?;
+        let (a, bad) = dsp::decode_render(&p)?;
+        repaired += bad;
         // Silent tracks (muted, empty) add nothing; they still sum to zero, so dropping is exact.
         if let Some(l) = audio::loudness(&a)? {
             tracks.push((name, a, l));
@@ -512,6 +514,9 @@ fn lmms(item: &Item, project: &Path, work: &Path, notes: &mut BTreeMap<String, S
     };
     notes.insert("lead".into(), tracks[lead].0.clone());
     notes.insert("tracks".into(), tracks.len().to_string());
-    let full = dsp::decode(&mix_path)?;
+    let (full, bad) = dsp::decode_render(&mix_path)?;
+    if repaired + bad > 0 {
+        notes.insert("non_finite_samples_zeroed".into(), format!("{repaired} in the tracks, {bad} in the mix"));
+    }
     mix_and_check(tracks.into_iter().map(|t| t.1).collect(), lead, full, notes)
 }
