@@ -107,6 +107,32 @@ pub fn snr_db(a: &Audio, b: &Audio) -> f64 {
     if e == 0.0 { f64::INFINITY } else { 10.0 * (s / e).log10() }
 }
 
+/// Sets the first `n` samples of every channel to 0.
+pub fn zero_head(a: &mut Audio, n: usize) {
+    for c in &mut a.channels {
+        let k = n.min(c.len());
+        c[..k].fill(0.0);
+    }
+}
+
+/// Mean and spread (standard deviation) of `b`'s level minus `a`'s, in dB, over 400 ms frames
+/// where `a` is above −60 dBFS; None if no frame is.
+pub fn envelope_difference_db(a: &Audio, b: &Audio) -> Option<(f64, f64)> {
+    let frame = SAMPLE_RATE as usize * 2 / 5;
+    let level = |x: &Audio, f: usize| -> f64 {
+        let e: f64 = x.channels.iter().map(|c| c[f * frame..(f + 1) * frame].iter().map(|&v| (v as f64).powi(2)).sum::<f64>()).sum();
+        10.0 * (e / (frame * x.channels.len()) as f64 + 1e-12).log10()
+    };
+    let frames = a.len().min(b.len()) / frame;
+    let d: Vec<f64> = (0..frames).filter(|&f| level(a, f) > -60.0).map(|f| level(b, f) - level(a, f)).collect();
+    if d.is_empty() {
+        return None;
+    }
+    let mean = d.iter().sum::<f64>() / d.len() as f64;
+    let spread = (d.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / d.len() as f64).sqrt();
+    Some((mean, spread))
+}
+
 /// Per-frame "has sound" flags of the sum of `stems`.
 fn active_frames(stems: &[&Audio]) -> Vec<bool> {
     let mix = sum(stems);
@@ -198,6 +224,32 @@ mod tests {
         let mut w = hound::WavWriter::create(path, spec).unwrap();
         samples.iter().for_each(|&x| w.write_sample(x).unwrap());
         w.finalize().unwrap();
+    }
+
+    #[test]
+    fn envelope_difference_sees_level_not_waveform() {
+        // The same loudness contour on two unrelated noises: a sample check fails, this passes.
+        let noise = |seed: u64, n: usize| -> Vec<f32> {
+            let mut s = seed;
+            (0..n).map(|i| {
+                s ^= s << 13; s ^= s >> 7; s ^= s << 17;
+                let env = if (i / 30_000) % 2 == 0 { 0.5 } else { 0.05 };
+                env * ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5)
+            }).collect()
+        };
+        let n = 10 * SAMPLE_RATE as usize;
+        let (a, b) = (Audio::new(SAMPLE_RATE, vec![noise(1, n)]), Audio::new(SAMPLE_RATE, vec![noise(2, n)]));
+        assert!(snr_db(&a, &b) < 1.0);
+        let (mean, spread) = envelope_difference_db(&a, &b).unwrap();
+        assert!(mean.abs() < 0.3 && spread < 1.5, "mean {mean}, spread {spread}");
+        let mut louder = b.clone();
+        louder.channels[0].iter_mut().for_each(|x| *x *= 2.0);
+        let (mean, _) = envelope_difference_db(&a, &louder).unwrap();
+        assert!((mean - 6.02).abs() < 0.3, "6 dB louder reads {mean}");
+        assert!(envelope_difference_db(&Audio::new(SAMPLE_RATE, vec![vec![0.0; n]]), &b).is_none());
+        let mut head = a.clone();
+        zero_head(&mut head, 256);
+        assert!(head.channels[0][..256].iter().all(|&x| x == 0.0) && head.channels[0][256] == a.channels[0][256]);
     }
 
     #[test]
