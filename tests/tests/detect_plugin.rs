@@ -68,7 +68,12 @@ impl Child {
         if let Ok(m) = Manifest::load(&shipped)
             && m.kind == "trained"
         {
-            let rate = m.provenance.get("payload_rate_separated").and_then(|v| v.as_float()).unwrap_or(0.0);
+            // A rate, or one per stem (then the smallest).
+            let rate = m.provenance.get("payload_rate_separated").and_then(|v| {
+                v.as_float().or_else(|| v.as_array().map(|a| a.iter().filter_map(|x| x.as_float()).fold(f64::INFINITY, f64::min)))
+            });
+            let rate = rate.unwrap_or(0.0);
+            let rate = if rate.is_finite() { rate } else { 0.0 };
             return Child { dir, models: shipped, trained: true, separated_payload_rate: rate };
         }
         let models = dir.path().join("models");

@@ -218,10 +218,22 @@ fn evaluate_item(
                 bits.add(metrics::bit_errors(payload::from_logits(&l), word));
             }
         }
+        let words_s = words[s];
         // Payload over the whole item: from the separated stem, from the mix, and either (what
         // Stemmark Detect and `stemmark detect` report).
-        let mut read = |audio: &[f32]| -> Result<Option<u32>> { Ok(det.detect(audio, std::slice::from_ref(&keys[s]), Alignment::Fixed(0))?.remove(0).decision.payload) };
-        let (on_sep, on_mix) = (read(&est_mid)?, read(&mix_mid)?);
+        let mut read = |audio: &[f32], place: &str| -> Result<Option<u32>> {
+            let d = det.detect(audio, std::slice::from_ref(&keys[s]), Alignment::Fixed(0))?.remove(0).decision;
+            if let Some(p) = d.payload.filter(|&p| p != payloads[s]) {
+                // Must never happen; say everything about it.
+                let words = d.block_words.iter().map(|w| format!("{:08x}", w)).collect::<Vec<_>>().join(" ");
+                tracing::warn!(
+                    "wrong payload: item {} stem {s} on the {place}: read {p}, embedded {} (z {:.2}, embedded word {words_s:08x}, block words {words})",
+                    item.name, payloads[s], d.z,
+                );
+            }
+            Ok(d.payload)
+        };
+        let (on_sep, on_mix) = (read(&est_mid, "separated stem")?, read(&mix_mid, "mix")?);
         let tally = |count: &mut report::PayloadCount, found: &[Option<u32>]| {
             count.items += 1;
             if found.iter().flatten().any(|&p| p != payloads[s]) {
