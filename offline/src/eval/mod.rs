@@ -206,45 +206,31 @@ fn evaluate_item(
         r.separation[s].sdr.push(metrics::sdr(&orig_mid[..len], &est_mid));
         r.separation[s].si_sdr.push(metrics::si_sdr(&orig_mid[..len], &est_mid));
         let alone_mid = marked[s].mid();
-        let rep = det.detect(&alone_mid, std::slice::from_ref(&keys[s]), Alignment::Fixed(0))?.remove(0);
-        r.payload_alone[s].items += 1;
-        match rep.decision.payload {
-            Some(p) if p == payloads[s] => r.payload_alone[s].correct += 1,
-            Some(_) => r.payload_alone[s].wrong += 1,
-            None => {}
-        }
         for (audio, bits) in [(&alone_mid, &mut r.ber_alone[s]), (&est_mid, &mut r.ber_separated[s]), (&mix_mid, &mut r.ber_mix[s])] {
             for l in det.grid_logits(audio, 0, &keys[s], usize::MAX)? {
                 bits.add(metrics::bit_errors(payload::from_logits(&l), word));
             }
         }
-        let words_s = words[s];
-        // Payload over the whole item: from the separated stem, from the mix, and either (what
-        // Stemmark Detect and `stemmark detect` report).
+        // Payload over the whole item: from the stem alone, the separated stem, the mix, and
+        // separated-or-mix (what Stemmark Detect and `stemmark detect` report).
         let mut read = |audio: &[f32], place: &str| -> Result<Option<u32>> {
             let d = det.detect(audio, std::slice::from_ref(&keys[s]), Alignment::Fixed(0))?.remove(0).decision;
             if let Some(p) = d.payload.filter(|&p| p != payloads[s]) {
                 // Must never happen; say everything about it.
                 let words = d.block_words.iter().map(|w| format!("{:08x}", w)).collect::<Vec<_>>().join(" ");
                 tracing::warn!(
-                    "wrong payload: item {} stem {s} on the {place}: read {p}, embedded {} (z {:.2}, embedded word {words_s:08x}, block words {words})",
+                    "wrong payload: item {} stem {s} on the {place}: read {p}, embedded {} (z {:.2}, embedded word {word:08x}, block words {words})",
                     item.name, payloads[s], d.z,
                 );
             }
             Ok(d.payload)
         };
+        let on_alone = read(&alone_mid, "stem alone")?;
         let (on_sep, on_mix) = (read(&est_mid, "separated stem")?, read(&mix_mid, "mix")?);
-        let tally = |count: &mut report::PayloadCount, found: &[Option<u32>]| {
-            count.items += 1;
-            if found.iter().flatten().any(|&p| p != payloads[s]) {
-                count.wrong += 1;
-            } else if found.iter().flatten().any(|&p| p == payloads[s]) {
-                count.correct += 1;
-            }
-        };
-        tally(&mut r.payload[s], &[on_sep]);
-        tally(&mut r.payload_mix[s], &[on_mix]);
-        tally(&mut r.payload_detect[s], &[on_sep, on_mix]);
+        r.payload_alone[s].tally(payloads[s], &[on_alone]);
+        r.payload[s].tally(payloads[s], &[on_sep]);
+        r.payload_mix[s].tally(payloads[s], &[on_mix]);
+        r.payload_detect[s].tally(payloads[s], &[on_sep, on_mix]);
         // A wrong key: its bits, unscrambled with the wrong key, against the true frame.
         let wrong = Key::from_bytes(rng.random(), "wrong");
         let frame = payload::frame(payloads[s])?;
@@ -274,12 +260,7 @@ fn double_mark(emb: &mut Embedder, det: &mut Detector, stem: &Audio, rng: &mut C
             r.double_mark_ber[m].add(metrics::bit_errors(payload::from_logits(&l), word));
         }
         let rep = det.detect(&mid, std::slice::from_ref(&keys[m]), Alignment::Fixed(0))?.remove(0);
-        r.double_mark[m].items += 1;
-        match rep.decision.payload {
-            Some(p) if p == payloads[m] => r.double_mark[m].correct += 1,
-            Some(_) => r.double_mark[m].wrong += 1,
-            None => {}
-        }
+        r.double_mark[m].tally(payloads[m], &[rep.decision.payload]);
     }
     Ok(())
 }

@@ -29,6 +29,19 @@ pub struct PayloadCount {
     pub wrong: u64,
 }
 
+impl PayloadCount {
+    /// Counts one item whose readings reported `found` (None: nothing) for `embedded`: wrong if
+    /// any reading gave another payload, else correct if one gave this one.
+    pub fn tally(&mut self, embedded: u32, found: &[Option<u32>]) {
+        self.items += 1;
+        if found.iter().flatten().any(|&p| p != embedded) {
+            self.wrong += 1;
+        } else if found.iter().flatten().any(|&p| p == embedded) {
+            self.correct += 1;
+        }
+    }
+}
+
 #[derive(Debug, Default, Clone, Copy, Serialize)]
 pub struct FalsePositives {
     /// Stems (or files) read with a key that did not mark them.
@@ -175,5 +188,19 @@ impl Report {
             }
         }
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::PayloadCount;
+
+    #[test]
+    fn a_wrong_reading_outweighs_a_right_one() {
+        let mut c = PayloadCount::default();
+        c.tally(7, &[Some(7), None]);
+        c.tally(7, &[None, None]);
+        c.tally(7, &[Some(7), Some(8)]);
+        assert_eq!((c.items, c.correct, c.wrong), (3, 1, 1));
     }
 }

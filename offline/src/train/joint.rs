@@ -24,7 +24,7 @@ use super::losses::{self, LossWeights};
 use super::nets::NetConfig;
 use super::optim::Adam;
 use super::pretrain::{block, mark, pm1};
-use super::stage::{Loop, StepLog, seeded_nets};
+use super::stage::{HELD_SEED, Loop, StepLog, seeded_nets};
 use stemmark_models::spec::{BLOCK, HOP, KEY_DIM, MESSAGE_BITS, STEM_LUFS};
 
 /// Largest loudness correction per stem (dB), so near-silent excerpts are not blown up.
@@ -306,9 +306,6 @@ pub fn run(cfg: &JointConfig, source: &mut dyn PairSource, validation: &mut dyn 
         },
     )
 }
-
-/// The seed of the held-out draw (fixed, not the training seed, so runs compare).
-const HELD_SEED: u64 = 0x7661_6c69_6461_7465; // "validate"
 
 /// The joint pipeline without attacks on held-out pairs `x` `[n, 2, len]`: BER per stem after
 /// separation and on the mix, SNR of the marked stems, the separator's L1.

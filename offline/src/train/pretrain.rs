@@ -22,7 +22,7 @@ use super::losses::{self, LossWeights};
 use super::nets::NetConfig;
 use super::optim::Adam;
 use super::prefetch::Prefetch;
-use super::stage::{Loop, StepLog, seeded_nets};
+use super::stage::{HELD_SEED, Loop, StepLog, seeded_nets};
 use super::{nmr, stft};
 use stemmark_models::spec::{BLOCK, FRAMES_PER_BLOCK, HOP, KEY_DIM, MESSAGE_BITS};
 
@@ -340,9 +340,6 @@ pub struct Held {
     key: Tensor,
     wrong: Tensor,
 }
-
-/// The seed of the held-out draw (any fixed value; not the training seed, so runs compare).
-const HELD_SEED: u64 = 0x7661_6c69_6461_7465; // "validate"
 
 impl Held {
     pub fn draw(cfg: &PretrainConfig, validation: &mut dyn Source, device: Device) -> Result<Held> {

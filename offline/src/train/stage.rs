@@ -15,6 +15,10 @@ use super::optim::Adam;
 /// run in parallel) cannot interleave their draws and break reproducible initialisation.
 pub static TORCH_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
+/// Seed of the held-out validation draw of every stage (fixed, not the training seed, so runs
+/// compare).
+pub const HELD_SEED: u64 = 0x7661_6c69_6461_7465; // "validate"
+
 /// Freshly initialised nets, the same for the same seed whatever else runs in the process.
 pub fn seeded_nets(config: &super::nets::NetConfig, device: tch::Device, seed: u64) -> Result<Nets> {
     let _guard = TORCH_RNG.lock().unwrap_or_else(|e| e.into_inner());
