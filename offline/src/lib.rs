@@ -6,5 +6,6 @@ pub mod cmd;
 pub mod corpus;
 pub mod eval;
 pub mod onnx;
+pub mod pyenv;
 pub mod testkit;
 pub mod train;

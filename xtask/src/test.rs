@@ -32,13 +32,14 @@ pub fn main(args: &[String]) -> Result<()> {
             .env("STEMMARK_ORT_LIB", &lib)
             .args(["test", "-p", "stemmark-tests", "--no-fail-fast", "--", "--test-threads=1"]),
     )?;
-    // The training pipeline links libtorch, so it builds and tests behind its feature.
+    // The training pipeline links libtorch, so it (and the evaluation's attacks and NMR, which
+    // use its code) builds and tests behind its feature.
     let libtorch = crate::torch::install_torch()?;
     setup::run(
         Command::new(&cargo)
             .current_dir(setup::root())
             .env("STEMMARK_ORT_LIB", &lib)
             .env("LIBTORCH", &libtorch)
-            .args(["test", "-p", "stemmark-offline", "--features", "train", "--lib", "--no-fail-fast", "train::"]),
+            .args(["test", "-p", "stemmark-offline", "--features", "train", "--lib", "--no-fail-fast", "--", "train::", "eval::attacks::"]),
     )
 }

@@ -13,6 +13,8 @@ use crate::corpus::{Corpus, Loader, Scenario, Split};
 #[derive(Debug, Clone)]
 pub struct Item {
     pub name: String,
+    /// Table 1's scenario: the corpus scenario, or the folder's name for a folder of items.
+    pub scenario: String,
     pub foreground: Audio,
     pub background: Audio,
 }
@@ -44,7 +46,7 @@ pub fn load(data: &Path, n: usize, seed: u64) -> Result<Vec<Item>> {
             };
             for i in 0..n.div_ceil(2) {
                 let p = loader.next_pair()?;
-                items.push(Item { name: format!("{scenario}-{i}"), foreground: p.foreground, background: p.background });
+                items.push(Item { name: format!("{scenario}-{i}"), scenario: scenario.to_string(), foreground: p.foreground, background: p.background });
             }
         }
         return Ok(items);
@@ -73,7 +75,8 @@ pub fn load(data: &Path, n: usize, seed: u64) -> Result<Vec<Item>> {
             c
         }).collect());
         let name = d.file_name().map_or("item".into(), |s| s.to_string_lossy().into_owned());
-        items.push(Item { name, foreground: cut(fg), background: cut(bg) });
+        let scenario = data.file_name().map_or("items".into(), |s| s.to_string_lossy().into_owned());
+        items.push(Item { name, scenario, foreground: cut(fg), background: cut(bg) });
     }
     Ok(items)
 }

@@ -7,10 +7,13 @@
 //! stems, payload recovery (correct and wrong payloads), BER with a wrong key, and the
 //! false-positive rate on unmarked audio and wrong keys with its 95 % bound.
 
+pub mod attacks;
 pub mod codec;
 pub mod items;
 pub mod metrics;
 pub mod report;
+pub mod spleeter;
+pub mod visqol;
 
 use std::path::{Path, PathBuf};
 
@@ -72,6 +75,11 @@ impl BitCount {
         self.bits += MESSAGE_BITS as u64;
     }
 
+    pub fn merge(&mut self, other: BitCount) {
+        self.errors += other.errors;
+        self.bits += other.bits;
+    }
+
     /// Bit error rate in percent (NaN when nothing was counted).
     pub fn percent(&self) -> f64 {
         100.0 * self.errors as f64 / self.bits as f64
@@ -104,19 +112,58 @@ pub fn run(args: Args, provider: Provider, default_models: Option<PathBuf>) -> R
             }
         }
     };
-    let mut report = Report { data: args.data.clone(), seed: args.seed, items: items.len(), sets: Vec::new() };
+    let mut notes: Vec<String> = attacks::MISSING.iter().map(|m| m.to_string()).collect();
+    if args.no_codecs {
+        notes.push("codec attacks skipped (--no-codecs)".into());
+    }
+    let mut report = Report { data: args.data.clone(), seed: args.seed, items: items.len(), sets: Vec::new(), notes };
     for dir in &sets {
         eprintln!("eval: {} on {} items", dir.display(), items.len());
         report.sets.push(evaluate_set(dir, provider, &items, &unmarked, &codecs, args.seed)?);
     }
     std::fs::create_dir_all(&args.out)?;
-    let json = serde_json::to_string_pretty(&report)?;
-    std::fs::write(args.out.join("report.json"), json)?;
+    write_example(&sets[0], provider, &items[0], args.seed, &args.out)?;
+    // The plot script reads the JSON; written again below with the plot note.
+    std::fs::write(args.out.join("report.json"), serde_json::to_string_pretty(&report)?)?;
+    match plot(&args.out) {
+        Ok(made) => report.notes.push(format!("plots: {made}")),
+        Err(e) => report.notes.push(format!("plots skipped: {e:#}")),
+    }
+    std::fs::write(args.out.join("report.json"), serde_json::to_string_pretty(&report)?)?;
     let md = report.markdown();
     std::fs::write(args.out.join("report.md"), &md)?;
     println!("{md}");
     println!("(written to {})", args.out.display());
     Ok(())
+}
+
+/// The first item's foreground, its first 6 s, as the original and marked with the first set:
+/// the material of the report's mark spectrogram, and something to listen to.
+fn write_example(dir: &Path, provider: Provider, item: &Item, seed: u64, out: &Path) -> Result<()> {
+    let mut emb = Embedder::open(dir, provider)?;
+    let n = item.foreground.len().min(3 * BLOCK);
+    let original = Audio::new(SAMPLE_RATE, item.foreground.channels.iter().map(|c| c[..n].to_vec()).collect());
+    let key = Key::from_bytes(ChaCha8Rng::seed_from_u64(seed ^ 0xe8a).random(), "example");
+    let marked = Audio::new(SAMPLE_RATE, emb.embed(&original.channels, &key, 1, 1.0, &mut |_, _| {})?);
+    audio::write_wav(&out.join("example-original.wav"), &original)?;
+    audio::write_wav(&out.join("example-marked.wav"), &marked)
+}
+
+/// matplotlib in the project's venv (installed, pinned, on first use).
+const MATPLOTLIB: &str = "matplotlib==3.11.2";
+
+/// Renders the report's PNGs with `scripts/plot_report.py`; returns the files made.
+fn plot(out: &Path) -> Result<String> {
+    let py = crate::pyenv::python_with("venv", "import matplotlib, numpy", &[MATPLOTLIB], true)?;
+    let o = std::process::Command::new(py)
+        .arg(crate::pyenv::script("plot_report.py"))
+        .arg(out)
+        .output()
+        .context("cannot run the plot script")?;
+    if !o.status.success() {
+        bail!("plot_report.py failed: {}", String::from_utf8_lossy(&o.stderr).lines().last().unwrap_or(""));
+    }
+    Ok(String::from_utf8_lossy(&o.stdout).trim().to_string())
 }
 
 /// One model set over all items.
@@ -132,11 +179,14 @@ pub fn evaluate_set(
     let mut det = Detector::open(dir, provider)?;
     let mut sep = Separator::open(dir, provider)?;
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    // Attacks draw from their own stream, so keys and payloads do not depend on the build.
+    let mut attack_rng = ChaCha8Rng::seed_from_u64(seed ^ 0xa77a_c4);
     let mut r = SetReport::new(dir);
+    r.threshold = det.calibration().threshold();
     let pb = crate::cmd::progress("eval");
     pb.set_length(items.len() as u64);
     for item in items {
-        evaluate_item(&mut emb, &mut det, &mut sep, item, codecs, &mut rng, &mut r)
+        evaluate_item(&mut emb, &mut det, &mut sep, item, codecs, &mut rng, &mut attack_rng, &mut r)
             .with_context(|| format!("item {}", item.name))?;
         pb.inc(1);
     }
@@ -148,6 +198,7 @@ pub fn evaluate_set(
         for rep in det.detect(&a.mid(), &keys, Alignment::Fixed(0))? {
             r.false_positives.trials += 1;
             r.false_positives.found += (rep.decision.verdict == Verdict::Found) as u64;
+            r.z_unmarked.push(rep.decision.z);
         }
     }
     Ok(r)
@@ -160,6 +211,7 @@ fn evaluate_item(
     item: &Item,
     codecs: &[codec::Codec],
     rng: &mut ChaCha8Rng,
+    attack_rng: &mut ChaCha8Rng,
     r: &mut SetReport,
 ) -> Result<()> {
     let stems = [&item.foreground, &item.background];
@@ -173,6 +225,8 @@ fn evaluate_item(
             r.quality[s].snr.push(metrics::snr(ch, &m[c]));
             r.quality[s].si_snr.push(metrics::si_snr(ch, &m[c]));
         }
+        #[cfg(feature = "train")]
+        r.quality[s].nmr.push(attacks::nmr_db(&stem.channels, &m)?);
         // Each stem to −16 LUFS, with the same gain for its original and its marked version.
         let m = Audio::new(SAMPLE_RATE, m);
         let gain = audio::gain_to_lufs(&m, STEM_LUFS)?.unwrap_or(1.0);
@@ -197,6 +251,24 @@ fn evaluate_item(
             }
         }
     }
+    // Table 1: the attack families on the mix, then separation.
+    let table = r.table1.entry(item.scenario.clone()).or_default();
+    #[cfg(feature = "train")]
+    for (family, column) in attacks::FAMILIES {
+        let (attacked, tag) = attacks::attack(&mix, family, attack_rng)?;
+        *r.attacks_applied.entry(tag.to_string()).or_default() += 1;
+        let stems = sep.separate(&attacked, &mut |_, _| {})?;
+        let counts = table.entry(column.to_string()).or_default();
+        for s in 0..2 {
+            let mid = Audio::new(SAMPLE_RATE, stems[s].clone()).mid();
+            for l in det.grid_logits(&mid, 0, &keys[s], usize::MAX)? {
+                counts[s].add(metrics::bit_errors(payload::from_logits(&l), words[s]));
+            }
+        }
+    }
+    #[cfg(not(feature = "train"))]
+    let _ = attack_rng;
+    let origin = table.entry("Origin".to_string()).or_default();
     let mix_mid = crate::audio::Audio::new(SAMPLE_RATE, mix).mid();
     for s in 0..2 {
         let word = words[s];
@@ -206,14 +278,20 @@ fn evaluate_item(
         r.separation[s].sdr.push(metrics::sdr(&orig_mid[..len], &est_mid));
         r.separation[s].si_sdr.push(metrics::si_sdr(&orig_mid[..len], &est_mid));
         let alone_mid = marked[s].mid();
-        for (audio, bits) in [(&alone_mid, &mut r.ber_alone[s]), (&est_mid, &mut r.ber_separated[s]), (&mix_mid, &mut r.ber_mix[s])] {
+        let mut bits = [BitCount::default(); 3];
+        for (k, audio) in [&alone_mid, &est_mid, &mix_mid].into_iter().enumerate() {
             for l in det.grid_logits(audio, 0, &keys[s], usize::MAX)? {
-                bits.add(metrics::bit_errors(payload::from_logits(&l), word));
+                bits[k].add(metrics::bit_errors(payload::from_logits(&l), word));
             }
         }
+        r.ber_alone[s].merge(bits[0]);
+        r.ber_separated[s].merge(bits[1]);
+        r.ber_mix[s].merge(bits[2]);
+        // Table 1's "Origin" is the separated reading, counted per scenario.
+        origin[s].merge(bits[1]);
         // Payload over the whole item: from the stem alone, the separated stem, the mix, and
         // separated-or-mix (what Stemmark Detect and `stemmark detect` report).
-        let mut read = |audio: &[f32], place: &str| -> Result<Option<u32>> {
+        let mut read = |audio: &[f32], place: &str| -> Result<(Option<u32>, f64)> {
             let d = det.detect(audio, std::slice::from_ref(&keys[s]), Alignment::Fixed(0))?.remove(0).decision;
             if let Some(p) = d.payload.filter(|&p| p != payloads[s]) {
                 // Must never happen; say everything about it.
@@ -223,10 +301,11 @@ fn evaluate_item(
                     item.name, payloads[s], d.z,
                 );
             }
-            Ok(d.payload)
+            Ok((d.payload, d.z))
         };
-        let on_alone = read(&alone_mid, "stem alone")?;
-        let (on_sep, on_mix) = (read(&est_mid, "separated stem")?, read(&mix_mid, "mix")?);
+        let (on_alone, _) = read(&alone_mid, "stem alone")?;
+        let ((on_sep, z_sep), (on_mix, z_mix)) = (read(&est_mid, "separated stem")?, read(&mix_mid, "mix")?);
+        r.z_marked.extend([z_sep, z_mix]);
         r.payload_alone[s].tally(payloads[s], &[on_alone]);
         r.payload[s].tally(payloads[s], &[on_sep]);
         r.payload_mix[s].tally(payloads[s], &[on_mix]);
@@ -240,6 +319,7 @@ fn evaluate_item(
         let wrong_rep = det.detect(&est_mid, std::slice::from_ref(&wrong), Alignment::Fixed(0))?.remove(0);
         r.false_positives.trials += 1;
         r.false_positives.found += (wrong_rep.decision.verdict == Verdict::Found) as u64;
+        r.z_unmarked.push(wrong_rep.decision.z);
     }
     double_mark(emb, det, &item.foreground, rng, r)?;
     r.blocks += (len / BLOCK) as u64;

@@ -13,6 +13,10 @@ const STEMS: [&str; 2] = ["foreground", "background"];
 pub struct Quality {
     pub snr: Vec<f64>,
     pub si_snr: Vec<f64>,
+    /// Total NMR in dB (BS.1387 ear model; `train` build only).
+    pub nmr: Vec<f64>,
+    /// ViSQOL audio-mode MOS-LQO of the mid channel (when visqol-python is available).
+    pub visqol: Vec<f64>,
 }
 
 #[derive(Debug, Default, Clone, Serialize)]
@@ -62,6 +66,11 @@ pub struct SetReport {
     /// Payload over the whole item, read from each marked stem alone.
     pub payload_alone: [PayloadCount; 2],
     pub ber_wrong_key: BitCount,
+    /// Table 1: BER after separation per scenario, then per column ("Origin" = no attack, then
+    /// the attack families), per stem.
+    pub table1: std::collections::BTreeMap<String, std::collections::BTreeMap<String, [BitCount; 2]>>,
+    /// How often each attack (paper's tag) was drawn for Table 1.
+    pub attacks_applied: std::collections::BTreeMap<String, u64>,
     /// BER after separation of a codec-attacked mix, per codec and stem.
     pub ber_codec: std::collections::BTreeMap<String, [BitCount; 2]>,
     pub quality: [Quality; 2],
@@ -78,6 +87,12 @@ pub struct SetReport {
     pub double_mark: [PayloadCount; 2],
     /// BER of each of the two marks on the double-marked stem (no separation).
     pub double_mark_ber: [BitCount; 2],
+    /// Calibrated z of every reading with the stem's own key (separated stem and mix).
+    pub z_marked: Vec<f64>,
+    /// Calibrated z of every reading with a key that did not mark the audio.
+    pub z_unmarked: Vec<f64>,
+    /// The decision threshold on z.
+    pub threshold: f64,
 }
 
 impl SetReport {
@@ -90,6 +105,8 @@ impl SetReport {
             ber_alone: Default::default(),
             payload_alone: Default::default(),
             ber_wrong_key: BitCount::default(),
+            table1: Default::default(),
+            attacks_applied: Default::default(),
             ber_codec: Default::default(),
             quality: Default::default(),
             separation: Default::default(),
@@ -99,6 +116,9 @@ impl SetReport {
             false_positives: FalsePositives::default(),
             double_mark: Default::default(),
             double_mark_ber: Default::default(),
+            z_marked: Vec::new(),
+            z_unmarked: Vec::new(),
+            threshold: f64::NAN,
         }
     }
 }
@@ -109,6 +129,8 @@ pub struct Report {
     pub seed: u64,
     pub items: usize,
     pub sets: Vec<SetReport>,
+    /// What was left out of this run and why (a missing tool, a build without libtorch).
+    pub notes: Vec<String>,
 }
 
 /// Mean of the finite values (an identical signal's +∞ dB would swamp it), NaN if none.
@@ -117,7 +139,55 @@ fn mean(v: &[f64]) -> f64 {
     if f.is_empty() { f64::NAN } else { f.iter().sum::<f64>() / f.len() as f64 }
 }
 
+/// The mean to `digits` places, or "–" when nothing was measured.
+fn cell(v: &[f64], digits: usize) -> String {
+    let m = mean(v);
+    if m.is_nan() { "–".into() } else { format!("{m:.digits$}") }
+}
+
+/// Table 1's columns in the paper's order; a family that did not run is left out.
+const TABLE1_COLUMNS: [&str; 4] = ["Origin", "Basic/Noise", "Filter", "Time/Pitch"];
+
 impl Report {
+    /// Table 1 as in the paper: mean BER after separation of both stems, per scenario and attack
+    /// family (foreground / background in brackets).
+    fn table1(&self) -> String {
+        let columns: Vec<&str> = TABLE1_COLUMNS
+            .into_iter()
+            .filter(|c| self.sets.iter().any(|r| r.table1.values().any(|t| t.contains_key(*c))))
+            .collect();
+        if columns.is_empty() {
+            return String::new();
+        }
+        let mut s = "## Table 1: BER (%) after separation, per attack family\n\nMean of both stems (foreground / background). The attacks are applied to the mix before separation, one drawn per item and family as training draws them.\n\n| models | scenario |".to_string();
+        for c in &columns {
+            s += &format!(" {c} |");
+        }
+        s += "\n|---|---|";
+        s += &"---:|".repeat(columns.len());
+        s += "\n";
+        for r in &self.sets {
+            for (scenario, t) in &r.table1 {
+                s += &format!("| {} | {scenario} |", r.models.display());
+                for c in &columns {
+                    s += &match t.get(*c) {
+                        Some([f, b]) => {
+                            let both = BitCount { errors: f.errors + b.errors, bits: f.bits + b.bits };
+                            format!(" {:.2} ({:.1} / {:.1}) |", both.percent(), f.percent(), b.percent())
+                        }
+                        None => " – |".into(),
+                    };
+                }
+                s += "\n";
+            }
+        }
+        if let Some(r) = self.sets.first().filter(|r| !r.attacks_applied.is_empty()) {
+            let drawn: Vec<String> = r.attacks_applied.iter().map(|(tag, n)| format!("{tag} {n}")).collect();
+            s += &format!("\nAttacks drawn ({}): {}.\n", r.models.display(), drawn.join(", "));
+        }
+        s + "\n"
+    }
+
     pub fn markdown(&self) -> String {
         let mut s = format!(
             "# Stemmark evaluation\n\ndata: `{}`, {} items, seed {}\n\n",
@@ -125,6 +195,10 @@ impl Report {
             self.items,
             self.seed
         );
+        for n in &self.notes {
+            s += &format!("Note: {n}\n\n");
+        }
+        s += &self.table1();
         s += "## BER (%) per stem, no attack\n\n| models | stem | stem alone | after separation | on the mix | blocks | payload from the stem alone |\n|---|---|---:|---:|---:|---:|---:|\n";
         for r in &self.sets {
             for (i, stem) in STEMS.iter().enumerate() {
@@ -150,10 +224,18 @@ impl Report {
                 }
             }
         }
-        s += "\n## Quality of the marked stems (no separation)\n\n| models | stem | SNR dB | SI-SNR dB |\n|---|---|---:|---:|\n";
+        s += "\n## Quality of the marked stems (no separation)\n\nNMR: total noise-to-mask ratio (BS.1387 ear model; below 0 dB the mark sits under the masking threshold). ViSQOL: audio mode, MOS-LQO of the mid channel.\n\n| models | stem | SNR dB | SI-SNR dB | ViSQOL | NMR dB |\n|---|---|---:|---:|---:|---:|\n";
         for r in &self.sets {
             for (i, stem) in STEMS.iter().enumerate() {
-                s += &format!("| {} | {stem} | {:.2} | {:.2} |\n", r.models.display(), mean(&r.quality[i].snr), mean(&r.quality[i].si_snr));
+                let q = &r.quality[i];
+                s += &format!(
+                    "| {} | {stem} | {:.2} | {:.2} | {} | {} |\n",
+                    r.models.display(),
+                    mean(&q.snr),
+                    mean(&q.si_snr),
+                    cell(&q.visqol, 2),
+                    cell(&q.nmr, 2)
+                );
             }
         }
         s += "\n## Separator on the original stems\n\n| models | stem | SDR dB | SI-SDR dB |\n|---|---|---:|---:|\n";
