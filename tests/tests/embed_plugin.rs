@@ -526,7 +526,7 @@ fn pedalboard_loads_the_vst3_reports_the_same_latency_and_marks_like_stemmark_em
 import json, re, struct, sys
 import numpy as np
 import pedalboard
-vst3, raw, out_dry, out_marked, key_json, payload = sys.argv[1:7]
+vst3, raw, out_dry, out_marked, out_mono, key_json, payload = sys.argv[1:8]
 T = ".ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+"
 def dec(s):
     size, data = s.split(".", 1)
@@ -554,7 +554,11 @@ xml = xml[:xml.index(b"<IComponent>") + 12] + blob + xml[xml.index(b"</IComponen
 plugin.raw_state = b"VC2!" + struct.pack("<I", len(xml)) + xml + b"\0"
 y = plugin.process(x, 44100.0, buffer_size=4096, reset=True)
 y.astype("<f4").tofile(out_marked)
-print(json.dumps({"on_load": int(on_load), "latency": int(latency), "after_state": int(plugin.reported_latency_samples), "name": plugin.name}))
+after_state = int(plugin.reported_latency_samples)
+# A mono track: the same plugin, one channel in and out.
+y = plugin.process(x[:1], 44100.0, buffer_size=4096, reset=True)
+y.astype("<f4").tofile(out_mono)
+print(json.dumps({"on_load": int(on_load), "latency": int(latency), "after_state": after_state, "mono_channels": int(y.shape[0]), "name": plugin.name}))
 "#;
     let key_json = serde_json::to_string(&json!({"name": "vocals", "hex": KEY_HEX})).unwrap();
     let out = Command::new(&python)
@@ -564,6 +568,7 @@ print(json.dumps({"on_load": int(on_load), "latency": int(latency), "after_state
         .arg(child.path("in.raw"))
         .arg(child.path("dry.raw"))
         .arg(child.path("marked.raw"))
+        .arg(child.path("mono.raw"))
         .arg(&key_json)
         .arg(PAYLOAD.to_string())
         .env(stemmark_models::modelset::MODELS_ENV, &child.models)
@@ -635,6 +640,15 @@ print(json.dumps({"on_load": int(on_load), "latency": int(latency), "after_state
             "channel {c}: the VST3's marked output differs from Embedder::embed by {d} at {at}"
         );
     }
+
+    // Mono: the plugin's mono layout, against `stemmark embed` on the mono signal.
+    assert_eq!(report["mono_channels"].as_u64(), Some(1), "{report}");
+    let mono = read_raw(&child.path("mono.raw"), 1);
+    let mono_ref = self::reference(&child.models, &input[..1]);
+    let (d, at) = max_abs_diff(&mono[0][lag..lag + check], &mono_ref[0][..check]);
+    let mark = max_abs_diff(&mono_ref[0][..check], &input[0][..check]).0;
+    println!("mono: VST3 in pedalboard vs stemmark embed: max diff {d:.2e} at {at} (the mark peaks at {mark:.2e})");
+    assert!(d < 1e-4 && mark > 1e-3, "mono: differs from Embedder::embed by {d} at {at}; mark {mark}");
 }
 
 #[test]
