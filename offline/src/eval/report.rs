@@ -69,6 +69,10 @@ pub struct SetReport {
     /// Table 1: BER after separation per scenario, then per column ("Origin" = no attack, then
     /// the attack families), per stem.
     pub table1: std::collections::BTreeMap<String, std::collections::BTreeMap<String, [BitCount; 2]>>,
+    /// BER after the external separator (Spleeter), per scenario and stem.
+    pub ber_external: std::collections::BTreeMap<String, [BitCount; 2]>,
+    /// Payload over the whole item after the external separator.
+    pub payload_external: [PayloadCount; 2],
     /// How often each attack (paper's tag) was drawn for Table 1.
     pub attacks_applied: std::collections::BTreeMap<String, u64>,
     /// BER after separation of a codec-attacked mix, per codec and stem.
@@ -107,6 +111,8 @@ impl SetReport {
             ber_wrong_key: BitCount::default(),
             table1: Default::default(),
             attacks_applied: Default::default(),
+            ber_external: Default::default(),
+            payload_external: Default::default(),
             ber_codec: Default::default(),
             quality: Default::default(),
             separation: Default::default(),
@@ -222,6 +228,25 @@ impl Report {
                 for (codec, b) in &r.ber_codec {
                     s += &format!("| {} | {codec} | {:.2} | {:.2} |\n", r.models.display(), b[0].percent(), b[1].percent());
                 }
+            }
+        }
+        if self.sets.iter().any(|r| !r.ber_external.is_empty()) {
+            s += "\n## BER (%) after a separator we did not train: Spleeter 2-stem\n\nIts vocals stem is read with the foreground's key, its accompaniment with the background's. Spleeter separates sung or spoken vocals only and cuts everything above 11 kHz; an instrumental lead stays in its accompaniment.\n\n| models | scenario | foreground | background |\n|---|---|---:|---:|\n";
+            for r in &self.sets {
+                for (scenario, b) in &r.ber_external {
+                    s += &format!("| {} | {scenario} | {:.2} | {:.2} |\n", r.models.display(), b[0].percent(), b[1].percent());
+                }
+                let p = r.payload_external;
+                s += &format!(
+                    "| {} | payload per item (wrong) | {}/{} ({}) | {}/{} ({}) |\n",
+                    r.models.display(),
+                    p[0].correct,
+                    p[0].items,
+                    p[0].wrong,
+                    p[1].correct,
+                    p[1].items,
+                    p[1].wrong
+                );
             }
         }
         s += "\n## Quality of the marked stems (no separation)\n\nNMR: total noise-to-mask ratio (BS.1387 ear model; below 0 dB the mark sits under the masking threshold). ViSQOL: audio mode, MOS-LQO of the mid channel.\n\n| models | stem | SNR dB | SI-SNR dB | ViSQOL | NMR dB |\n|---|---|---:|---:|---:|---:|\n";
