@@ -293,6 +293,29 @@ fn debug_bundle_processes_10000_random_calls_without_allocating() {
 }
 
 #[test]
+fn cuda_asked_for_without_a_gpu_falls_back_to_the_cpu_and_reads_the_same() {
+    // A session saved on a GPU machine (provider "cuda") opened where the ONNX Runtime has no
+    // CUDA provider: the worker says so, runs on the CPU and reports what `stemmark detect` does.
+    if std::env::var_os("STEMMARK_EXPECT_CUDA").is_some() {
+        return; // with a GPU the CUDA session opens; runtime.rs checks that path
+    }
+    let child = Child::new();
+    let bundle = bundle("bundled", "cargo xtask bundle stemmark-plugin --release");
+    let mix = marked_mix(&child.models);
+    write_raw(&child.path("in.raw"), &mix);
+    let (_, log) = child.run(json!({
+        "bundle": bundle, "rate": 44_100.0, "offline": true, "keys": ring(), "provider": "cuda",
+        "sizes": {"seed": 12, "max": 4096},
+        "input": child.path("in.raw"), "output": child.path("out.raw"),
+    }));
+    assert!(log.contains("CUDA unavailable"), "the fallback is not in the log:\n{log}");
+    let det = child.detect_json();
+    assert_eq!(det["complete"], json!(true), "{det:#}");
+    let cli = cli_report(&child.models, &mix);
+    assert_eq!(found_set(&det["found"]), found_set(&cli["found"]), "plugin (CUDA → CPU) and CLI disagree");
+}
+
+#[test]
 fn without_models_audio_passes_and_the_error_is_reported() {
     let child = Child::new();
     let bundle = bundle("bundled", "cargo xtask bundle stemmark-plugin --release");
@@ -406,6 +429,9 @@ fn child_main(job_path: &Path) -> Result<()> {
         // The key ring arrives the way a session restores it: through the state.
         let mut state = clap_host::nice_state_json(&clap_host::save_state(instance)?)?;
         state["fields"]["keys"] = json!(serde_json::to_string(&job["keys"])?);
+        if let Some(provider) = job.get("provider") {
+            state["fields"]["provider"] = json!(serde_json::to_string(provider)?);
+        }
         clap_host::load_state(instance, &clap_host::nice_state_bytes(&state)?)?;
         clap_host::set_render_mode(instance, offline)
     };
