@@ -300,7 +300,22 @@ impl Report {
 
 #[cfg(test)]
 mod tests {
-    use super::PayloadCount;
+    use super::*;
+
+    #[test]
+    fn table1_pools_both_stems_per_scenario_and_family() {
+        // 20 % and 30 % BER over equal bit counts pool to 25 %; a family that did not run is
+        // left out of the table.
+        let mut r = SetReport::new(Path::new("set"));
+        let mut row = std::collections::BTreeMap::new();
+        row.insert("Origin".to_string(), [BitCount { errors: 64, bits: 320 }, BitCount { errors: 96, bits: 320 }]);
+        row.insert("Filter".to_string(), [BitCount { errors: 0, bits: 320 }, BitCount { errors: 32, bits: 320 }]);
+        r.table1.insert("speech+music".to_string(), row);
+        let report = Report { data: "d".into(), seed: 0, items: 1, sets: vec![r], notes: vec![] };
+        let md = report.markdown();
+        assert!(md.contains("| set | speech+music | 25.00 (20.0 / 30.0) | 5.00 (0.0 / 10.0) |"), "{md}");
+        assert!(md.contains("| models | scenario | Origin | Filter |"), "{md}");
+    }
 
     #[test]
     fn a_wrong_reading_outweighs_a_right_one() {
