@@ -212,4 +212,12 @@ fn eval_quick_runs_end_to_end_on_a_folder_of_items() {
     assert_eq!(set["double_mark_ber"][0]["bits"], 4 * 32);
     let md = std::fs::read_to_string(out.join("report.md")).unwrap();
     assert!(md.contains("## BER (%) per stem") && md.contains("## Two marks on one stem"), "{md}");
+    assert!(md.contains("| Origin |"), "Table 1 has at least its no-attack column: {md}");
+    // ViSQOL and the plots need Python packages from PyPI: measured, or skipped with a note.
+    let notes = r["notes"].to_string();
+    let visqol = set["quality"][0]["visqol"].as_array().unwrap();
+    assert!(visqol.len() == 2 || notes.contains("ViSQOL skipped"), "{notes}");
+    assert!(visqol.iter().all(|v| (1.0..=5.0).contains(&v.as_f64().unwrap())), "{visqol:?}");
+    let plotted = ["ber-by-attack.png", "confidence.png", "mark-spectrogram.png"].iter().all(|f| out.join(f).is_file());
+    assert!(plotted || notes.contains("plots skipped"), "{notes}");
 }

@@ -57,6 +57,9 @@ pub struct Args {
     /// Skip the codec attacks (MP3 128k, Opus 64k of the mix; need ffmpeg, installed on first use)
     #[arg(long)]
     pub no_codecs: bool,
+    /// Skip ViSQOL (otherwise installed into .deps/venv on first use; ~2 s per 10 s stem)
+    #[arg(long)]
+    pub no_visqol: bool,
     /// Also decode after a separator we did not train (installed into its own venv on first use)
     #[arg(long, value_enum)]
     pub external_separator: Option<External>,
@@ -131,7 +134,27 @@ pub fn run(args: Args, provider: Provider, default_models: Option<PathBuf>) -> R
         Some(External::Spleeter) => Some(spleeter::ensure(true).context("--external-separator spleeter")?),
         None => None,
     };
-    let setup = Setup { provider, items: &items, unmarked: &unmarked, codecs: &codecs, seed: args.seed, external: external.as_deref() };
+    let visqol = if args.no_visqol {
+        report.notes.push("ViSQOL skipped (--no-visqol)".into());
+        None
+    } else {
+        match visqol::ensure(true) {
+            Ok(py) => Some(py),
+            Err(e) => {
+                report.notes.push(format!("ViSQOL skipped: {e:#}"));
+                None
+            }
+        }
+    };
+    let setup = Setup {
+        provider,
+        items: &items,
+        unmarked: &unmarked,
+        codecs: &codecs,
+        seed: args.seed,
+        external: external.as_deref(),
+        visqol: visqol.as_deref(),
+    };
     for dir in &sets {
         eprintln!("eval: {} on {} items", dir.display(), items.len());
         report.sets.push(evaluate_set(dir, &setup)?);
@@ -191,6 +214,8 @@ pub struct Setup<'a> {
     pub seed: u64,
     /// Python of the external separator's venv, when one is evaluated.
     pub external: Option<&'a Path>,
+    /// Python with visqol-python, when ViSQOL is measured.
+    pub visqol: Option<&'a Path>,
 }
 
 /// The set's three models.
@@ -200,12 +225,15 @@ struct Models {
     sep: Separator,
 }
 
-/// A marked mix kept for the external separator, with what its stems carry.
+/// What one item leaves for the set-wide steps that run in one Python process each: its marked
+/// mix for the external separator, with what its stems carry, and (original, marked) mid
+/// channels per stem for ViSQOL.
 struct Pending {
     scenario: String,
     mix: Vec<Vec<f32>>,
     keys: Vec<Key>,
     payloads: Vec<u32>,
+    quality_pairs: [(Vec<f32>, Vec<f32>); 2],
 }
 
 /// One model set over all items.
@@ -214,23 +242,38 @@ pub fn evaluate_set(dir: &Path, setup: &Setup) -> Result<SetReport> {
     let mut m = Models { emb: Embedder::open(dir, provider)?, det: Detector::open(dir, provider)?, sep: Separator::open(dir, provider)? };
     let mut rng = ChaCha8Rng::seed_from_u64(setup.seed);
     // Attacks draw from their own stream, so keys and payloads do not depend on the build.
-    let mut attack_rng = ChaCha8Rng::seed_from_u64(setup.seed ^ 0xa77a_c4);
+    let mut attack_rng = ChaCha8Rng::seed_from_u64(setup.seed ^ 0x00a7_7ac4);
     let mut r = SetReport::new(dir);
     r.threshold = m.det.calibration().threshold();
     let pb = crate::cmd::progress("eval");
     pb.set_length(setup.items.len() as u64);
     let mut pending = Vec::new();
     for item in setup.items {
-        let p = evaluate_item(&mut m, item, setup.codecs, (&mut rng, &mut attack_rng), &mut r)
+        let mut p = evaluate_item(&mut m, item, setup.codecs, (&mut rng, &mut attack_rng), &mut r)
             .with_context(|| format!("item {}", item.name))?;
-        if setup.external.is_some() {
-            pending.push(p);
+        // Keep only what a later step reads (a 20 s item holds ~20 MB of these).
+        if setup.external.is_none() {
+            p.mix = Vec::new();
         }
+        if setup.visqol.is_none() {
+            p.quality_pairs = Default::default();
+        }
+        pending.push(p);
         pb.inc(1);
     }
     pb.finish_and_clear();
     if let Some(python) = setup.external {
         external_separator(python, &mut m.det, &pending, &mut r)?;
+    }
+    if let Some(python) = setup.visqol {
+        let pb = crate::cmd::progress("visqol");
+        let pairs: Vec<(Vec<f32>, Vec<f32>)> = pending.iter().flat_map(|p| p.quality_pairs.clone()).collect();
+        pb.set_length(pairs.len() as u64);
+        let mos = visqol::scores(python, &pairs, SAMPLE_RATE, &mut |done, _| pb.set_position(done as u64))?;
+        pb.finish_and_clear();
+        for (i, v) in mos.into_iter().enumerate() {
+            r.quality[i % 2].visqol.push(v);
+        }
     }
     // False positives: every unmarked file with fresh random keys.
     for path in setup.unmarked {
@@ -282,6 +325,7 @@ fn evaluate_item(
     let payloads: Vec<u32> = (0..2).map(|_| rng.random_range(0..=MAX_PAYLOAD)).collect();
     let mut marked = Vec::new();
     let mut originals = Vec::new();
+    let mut quality_pairs: [(Vec<f32>, Vec<f32>); 2] = Default::default();
     for (s, stem) in stems.iter().enumerate() {
         let m = emb.embed(&stem.channels, &keys[s], payloads[s], 1.0, &mut |_, _| {})?;
         for (c, ch) in stem.channels.iter().enumerate() {
@@ -292,6 +336,7 @@ fn evaluate_item(
         r.quality[s].nmr.push(attacks::nmr_db(&stem.channels, &m)?);
         // Each stem to −16 LUFS, with the same gain for its original and its marked version.
         let m = Audio::new(SAMPLE_RATE, m);
+        quality_pairs[s] = (stem.mid(), m.mid());
         let gain = audio::gain_to_lufs(&m, STEM_LUFS)?.unwrap_or(1.0);
         let (mut m, mut o) = (m, (*stem).clone());
         m.scale(gain);
@@ -386,7 +431,7 @@ fn evaluate_item(
     }
     double_mark(emb, det, &item.foreground, rng, r)?;
     r.blocks += (len / BLOCK) as u64;
-    Ok(Pending { scenario: item.scenario.clone(), mix, keys, payloads })
+    Ok(Pending { scenario: item.scenario.clone(), mix, keys, payloads, quality_pairs })
 }
 
 /// WAKE's multiple marks: the stem is marked with one key, the result marked again with another,

@@ -47,13 +47,9 @@ const MIN_FREE_BYTES: u64 = 8 << 30;
 
 const SCRIPT: &str = include_str!("../../scripts/spleeter_separate.py");
 
-/// The workspace root: `offline/` is one level below it.
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("offline is a workspace member").to_path_buf()
-}
 
 pub fn venv_dir() -> PathBuf {
-    root().join(".deps/spleeter-venv")
+    crate::pyenv::deps_dir().join("spleeter-venv")
 }
 
 /// Pins that `python` does not have at exactly that version (all of them if it cannot run).
@@ -91,7 +87,7 @@ pub fn ensure(install: bool) -> Result<PathBuf> {
             missing.join(", ")
         );
     }
-    let deps = root().join(".deps");
+    let deps = crate::pyenv::deps_dir();
     std::fs::create_dir_all(&deps).with_context(|| format!("cannot create {}", deps.display()))?;
     if let Some(free) = free_bytes(&deps).filter(|&f| f < MIN_FREE_BYTES) {
         bail!(
@@ -320,7 +316,7 @@ mod tests {
         eprintln!("synthetic: vocals+accompaniment vs mix SDR {rec:.1} dB");
         assert!(rec > 30.0, "stems do not add up to the mix: {rec:.1} dB"); // measured 53.8 dB
 
-        let corpus = root().join("data/corpus");
+        let corpus = crate::pyenv::deps_dir().with_file_name("data").join("corpus");
         if !corpus.join("manifest.json").is_file() {
             eprintln!("no {}: corpus part skipped", corpus.display());
             return;
