@@ -9,7 +9,6 @@ writes OUT_DIR/ber-by-attack.png, confidence.png and mark-spectrogram.png.
 
 import json
 import sys
-import wave
 from pathlib import Path
 
 import matplotlib
@@ -17,6 +16,8 @@ import matplotlib
 matplotlib.use("Agg")  # no display on servers
 import matplotlib.pyplot as plt
 import numpy as np
+
+from wav_f32 import read_wav
 
 COLUMNS = ["Origin", "Basic/Noise", "Filter", "Time/Pitch"]
 
@@ -77,34 +78,6 @@ def confidence(report, out):
     return True
 
 
-def read_wav(path):
-    """Mono float samples of a 16-bit PCM or 32-bit float WAV (the stdlib wave module reads PCM only)."""
-    data = path.read_bytes()
-    # Walk the RIFF chunks: fmt gives the format, data the samples.
-    pos, fmt, rate, channels, samples = 12, None, None, None, None
-    while pos + 8 <= len(data):
-        cid, size = data[pos : pos + 4], int.from_bytes(data[pos + 4 : pos + 8], "little")
-        body = data[pos + 8 : pos + 8 + size]
-        if cid == b"fmt ":
-            fmt = int.from_bytes(body[0:2], "little")
-            channels = int.from_bytes(body[2:4], "little")
-            rate = int.from_bytes(body[4:8], "little")
-            bits = int.from_bytes(body[14:16], "little")
-            if fmt == 0xFFFE:  # WAVE_FORMAT_EXTENSIBLE: the sub-format's first two bytes
-                fmt = int.from_bytes(body[24:26], "little")
-        elif cid == b"data":
-            if fmt == 3 and bits == 32:
-                samples = np.frombuffer(body, dtype="<f4")
-            elif fmt == 1 and bits == 16:
-                samples = np.frombuffer(body, dtype="<i2").astype(np.float32) / 32768.0
-            else:
-                raise ValueError(f"{path}: unsupported WAV format {fmt}/{bits} bit")
-        pos += 8 + size + (size & 1)
-    if samples is None:
-        raise ValueError(f"{path}: no data chunk")
-    return samples.reshape(-1, channels).mean(axis=1), rate
-
-
 def spectrogram_db(x, n_fft=2048, hop=512):
     win = np.hanning(n_fft)
     frames = [x[i : i + n_fft] * win for i in range(0, len(x) - n_fft, hop)]
@@ -116,8 +89,9 @@ def mark_spectrogram(out):
     orig_p, marked_p = out / "example-original.wav", out / "example-marked.wav"
     if not (orig_p.exists() and marked_p.exists()):
         return False
-    orig, rate = read_wav(orig_p)
-    marked, _ = read_wav(marked_p)
+    rate, orig = read_wav(str(orig_p))
+    _, marked = read_wav(str(marked_p))
+    orig, marked = orig.mean(axis=0), marked.mean(axis=0)
     n = min(len(orig), len(marked))
     host, mark = spectrogram_db(orig[:n]), spectrogram_db(marked[:n] - orig[:n])
     extent = [0, n / rate, 0, rate / 2000]

