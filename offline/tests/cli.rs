@@ -221,3 +221,25 @@ fn eval_quick_runs_end_to_end_on_a_folder_of_items() {
     let plotted = ["ber-by-attack.png", "confidence.png", "mark-spectrogram.png"].iter().all(|f| out.join(f).is_file());
     assert!(plotted || notes.contains("plots skipped"), "{notes}");
 }
+
+#[test]
+fn calibrate_reads_unmarked_and_other_marked_items_and_leaves_the_manifest_on_dry_run() {
+    let e = env();
+    let data = e.p("items");
+    for (i, name) in ["one", "two"].iter().enumerate() {
+        let d = data.join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        audio::write_wav(&d.join("foreground.wav"), &testkit::music_like(44_100, 4.5, i as u32 * 2 + 1)).unwrap();
+        audio::write_wav(&d.join("background.wav"), &testkit::music_like(44_100, 4.5, i as u32 * 2 + 2)).unwrap();
+    }
+    let manifest = std::fs::read(e.models.join("manifest.toml")).unwrap();
+    let o = e.run(&["--json", "calibrate", "--data", data.to_str().unwrap(), "--items", "2", "--keys", "3", "--dry-run"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let r = json(&o);
+    // 2 items × 5 paths (2 stems, mix, 2 separated stems) × 3 keys, unmarked and marked alike.
+    assert_eq!(r["readings"], 30, "{r}");
+    assert_eq!(r["other_marks"]["readings"], 30, "{r}");
+    assert!(r["calibration"]["null_std"].as_f64().unwrap() >= 1.0, "{r}");
+    assert!(r["found_upper_95"].as_f64().unwrap() > 0.0, "{r}");
+    assert_eq!(std::fs::read(e.models.join("manifest.toml")).unwrap(), manifest, "--dry-run wrote the manifest");
+}

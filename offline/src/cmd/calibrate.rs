@@ -12,7 +12,7 @@
 //! 1.23 on unmarked audio), and a threshold above them would drop most true marks (fitted to both,
 //! Stemmark Detect's background payloads went from 10 to 1 of 12). There the guard is the check
 //! word and the readable-word bound; the command counts how many of those readings the fitted rule
-//! reports as Found (shipped models: 0 of 960, 95 % bound 3.1e-3).
+//! reports as Found (shipped models: 0 of 960, 95 % bound 3.1e-3; of the 960 unmarked readings, 0 too).
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
@@ -73,7 +73,8 @@ pub fn run(args: Args, opts: &ModelOpts, json: bool) -> Result<()> {
     let pb = progress("calibrate");
     pb.set_length(items.len() as u64);
     // Null readings: of unmarked audio (fitted), and of marked audio with keys that did not mark it.
-    let mut z = Vec::new();
+    // (raw z, a payload passed the check and the bound) per reading.
+    let mut null: Vec<(f64, bool)> = Vec::new();
     let mut other: Vec<(f64, bool)> = Vec::new();
     for item in &items {
         let unmarked = [item.foreground.channels.clone(), item.background.channels.clone()];
@@ -92,50 +93,53 @@ pub fn run(args: Args, opts: &ModelOpts, json: bool) -> Result<()> {
                     if r.decision.blocks == 0 {
                         continue;
                     }
-                    if is_marked {
-                        // Read with the theoretical null, a payload means: check and bound held.
-                        other.push((r.decision.z, r.decision.payload.is_some()));
-                    } else {
-                        z.push(r.decision.z);
-                    }
+                    // Read with the theoretical null, a payload means: check and bound held.
+                    let reading = (r.decision.z, r.decision.payload.is_some());
+                    if is_marked { other.push(reading) } else { null.push(reading) }
                 }
             }
         }
         pb.inc(1);
     }
     pb.finish_and_clear();
+    let z: Vec<f64> = null.iter().map(|r| r.0).collect();
     let cal = Calibration::fit(&z, args.target_fpr).context("fewer than 10 readings: give more items")?;
     let max = z.iter().copied().fold(f64::NEG_INFINITY, f64::max);
     // Found under the fitted rule: a payload (check and bound) and the calibrated z over the threshold.
-    let found = other.iter().filter(|(zr, p)| *p && (zr - cal.null_mean) / cal.null_std >= cal.threshold()).count();
+    let found = |rs: &[(f64, bool)]| rs.iter().filter(|(zr, p)| *p && (zr - cal.null_mean) / cal.null_std >= cal.threshold()).count();
+    let (null_found, other_found) = (found(&null), found(&other));
+    let bound = |k: usize, n: usize| crate::eval::metrics::rate_upper_95(k as u64, n as u64);
     let oz: Vec<f64> = other.iter().map(|o| o.0).collect();
     let (omean, omax) = (oz.iter().sum::<f64>() / oz.len().max(1) as f64, oz.iter().copied().fold(f64::NEG_INFINITY, f64::max));
-    let bound = crate::eval::metrics::rate_upper_95(found as u64, other.len() as u64);
     if json {
         println!(
             "{}",
             serde_json::json!({"readings": z.len(), "calibration": cal, "max_null_z": max, "threshold": cal.threshold(),
-                "other_marks": {"readings": other.len(), "mean_z": omean, "max_z": omax, "found": found, "found_upper_95": bound}})
+                "found": null_found, "found_upper_95": bound(null_found, z.len()),
+                "other_marks": {"readings": other.len(), "mean_z": omean, "max_z": omax, "found": other_found,
+                    "found_upper_95": bound(other_found, other.len())}})
         );
     } else {
         println!(
-            "{} null readings: mean {:.3}, std {:.3} (kept ≥ 1), max {:.2}; threshold on the calibrated z {:.2} for {:.0e} per key and stem",
+            "{} null readings: mean {:.3}, std {:.3} (kept ≥ 1), max {:.2}; threshold on the calibrated z {:.2} for {:.0e} per key and stem; reported as Found: {null_found} (95 % bound {:.2e})",
             z.len(),
             cal.null_mean,
             cal.null_std,
             max,
             cal.threshold(),
-            cal.target_fpr
+            cal.target_fpr,
+            bound(null_found, z.len())
         );
         println!(
-            "{} readings of marked audio with keys that did not mark it: raw z mean {omean:.2}, max {omax:.2}; reported as Found: {found} (95 % bound {bound:.2e})",
-            other.len()
+            "{} readings of marked audio with keys that did not mark it: raw z mean {omean:.2}, max {omax:.2}; reported as Found: {other_found} (95 % bound {:.2e})",
+            other.len(),
+            bound(other_found, other.len())
         );
     }
     if !args.dry_run {
         manifest.calibration = cal;
         manifest.save(&dir).with_context(|| format!("cannot write the manifest in {}", dir.display()))?;
-        println!("calibration written to {}", dir.join(stemmark_models::manifest::FILE).display());
+        eprintln!("calibration written to {}", dir.join(stemmark_models::manifest::FILE).display());
     }
     Ok(())
 }
