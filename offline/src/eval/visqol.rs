@@ -57,26 +57,8 @@ fn importable(python: &Path) -> bool {
     Command::new(python).args(["-c", &check]).output().is_ok_and(|o| o.status.success())
 }
 
-fn tail(bytes: &[u8], max_lines: usize) -> String {
-    let text = String::from_utf8_lossy(bytes);
-    let lines: Vec<&str> = text.trim_end().lines().collect();
-    lines[lines.len().saturating_sub(max_lines)..].join("\n")
-}
-
 fn numba_importable(python: &Path) -> bool {
     Command::new(python).args(["-c", "import numba"]).output().is_ok_and(|o| o.status.success())
-}
-
-fn pip_install(python: &Path, pins: &[&str]) -> Result<()> {
-    let out = Command::new(python)
-        .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check"])
-        .args(pins)
-        .output()
-        .context("cannot run pip in the venv")?;
-    if !out.status.success() {
-        bail!("pip install {} failed ({}):\n{}", pins.join(" "), out.status, tail(&[out.stdout, out.stderr].concat(), 20));
-    }
-    Ok(())
 }
 
 /// Python of `.deps/venv` with visqol-python importable, installing it (pinned) on first use when
@@ -98,27 +80,17 @@ pub fn ensure(install: bool) -> Result<PathBuf> {
             ACCEL_PINS.join(" ")
         );
     }
-    if !python.is_file() {
-        eprintln!("creating {}", venv.display());
-        let s = Command::new("python3")
-            .args(["-m", "venv"])
-            .arg(&venv)
-            .status()
-            .context("cannot run python3 to create the venv (apt-get install python3-venv)")?;
-        if !s.success() || !python.is_file() {
-            bail!("python3 -m venv {} failed (is python3-venv installed?)", venv.display());
-        }
-    }
+    let python = crate::pyenv::venv_python("venv")?;
     if !have {
         eprintln!("installing visqol-python=={VISQOL_VERSION} (pinned, with its dependencies) into {}", venv.display());
-        pip_install(&python, PINS).with_context(|| format!("installing visqol-python {VISQOL_VERSION} into {}", venv.display()))?;
+        crate::pyenv::pip_install(&python, &[], PINS).with_context(|| format!("installing visqol-python {VISQOL_VERSION} into {}", venv.display()))?;
         if !importable(&python) {
             bail!("visqol-python {VISQOL_VERSION} was installed into {} but does not import", venv.display());
         }
     }
     eprintln!("installing Numba for visqol-python (optional, ~8x faster scoring) into {}", venv.display());
     // numpy pinned again so that pip fails rather than moving the venv's shared numpy.
-    if let Err(e) = pip_install(&python, &[ACCEL_PINS, &PINS[1..2]].concat()) {
+    if let Err(e) = crate::pyenv::pip_install(&python, &[], &[ACCEL_PINS, &PINS[1..2]].concat()) {
         eprintln!("warning: ViSQOL runs without Numba (slower): {e:#}");
     }
     Ok(python)
@@ -208,14 +180,14 @@ pub fn scores(
     let status = child.wait()?;
     let stderr = std::fs::read(&err_path).unwrap_or_default();
     if let Some(line) = bad_line {
-        bail!("ViSQOL script printed an unexpected line: {line:?}\n{}", tail(&stderr, 20));
+        bail!("ViSQOL script printed an unexpected line: {line:?}\n{}", crate::pyenv::tail_lines(&stderr, 20));
     }
     if !status.success() || out.len() != pairs.len() {
         bail!(
             "ViSQOL scoring failed ({status}) after {} of {} pairs:\n{}",
             out.len(),
             pairs.len(),
-            tail(&stderr, 20)
+            crate::pyenv::tail_lines(&stderr, 20)
         );
     }
     Ok(out)
