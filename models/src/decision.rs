@@ -1,17 +1,25 @@
 //! Deciding whether a stem carries a mark: soft-combine the detector's logits over blocks, then
 //! test the combination against the no-mark hypothesis with a calibrated false-positive rate.
 //!
-//! The statistic is sign consistency: per bit i, S_i = Σ_b sign(logit_bi) over the n blocks.
-//! With no mark (or a wrong key) blocks are unrelated, so S_i is a sum of n fair ±1 and
-//! `T = Σ_i S_i² / n` follows χ² with 32 degrees of freedom (for small n its tail is lighter, so
-//! the stated rate is an upper bound). T is mapped to a z-score with the Wilson–Hilferty cube-root
-//! transform. A marked stem repeats one word in every block: at bit error rate p, T ≈ 32·n·(1−2p)².
-//! Calibration on unmarked audio and wrong keys (measured, stored in the manifest) corrects for a detector whose null outputs are not perfectly fair:
+//! Block k of a marked stem carries the stem's word XORed with the key's mask for k mod
+//! [`MASK_PERIOD`]; a reading takes the masks off first (for the grid index the caller knows, or
+//! for every shift of the cycle when it does not) and keeps the shift that lines up best.
+//!
+//! The statistic is sign consistency across the mask cycle: the unmasked logits of the blocks in
+//! each residue class (index mod the period) are summed, and per bit i, S_i = Σ_c sign(sum_ci)
+//! over the n non-empty classes. With no mark, or a mark made with another key, the classes'
+//! words are unrelated after unmasking — even when the detector repeats the same misreading in
+//! every block, since each class takes a different mask off it — so S_i is a sum of n fair ±1
+//! and `T = Σ_i S_i² / n` follows χ² with 32 degrees of freedom (for small n its tail is lighter,
+//! so the stated rate is an upper bound). T is mapped to a z-score with the Wilson–Hilferty
+//! cube-root transform. A marked stem unmasks to one word in every class: at bit error rate p,
+//! T ≈ 32·n·(1−2p)². Calibration on unmarked audio with random keys (measured, stored in the
+//! manifest) corrects for whatever is left of a detector's unfairness:
 //! `z_cal = (z − null_mean) / null_std`. A payload is reported only when z_cal clears the
-//! threshold for the target false-positive rate *and* the CRC holds. The combined word is
-//! decoded CRC-aided: if it fails the check, up to two of its four least reliable bits are
-//! flipped (11 candidates in all), so a random word passes with probability 11/256 — counted in
-//! the stated rate and the threshold.
+//! threshold for the target false-positive rate (per hypothesis: a shift search counts
+//! [`MASK_PERIOD`] of them) *and* the CRC holds. The combined word is decoded CRC-aided: if it
+//! fails the check, up to two of its four least reliable bits are flipped (11 candidates in all),
+//! so a random word passes with probability 11/256 — counted in the stated rate and the threshold.
 
 /// Words tried per decision: the hard word, then flips of 1 or 2 of its 4 weakest bits.
 const CANDIDATES: usize = 1 + 4 + 6;
@@ -29,7 +37,7 @@ pub const MAX_WORD_ERRORS: f64 = 0.25;
 
 use crate::keys::Key;
 use crate::payload;
-use crate::spec::{CHECK_BITS, MESSAGE_BITS};
+use crate::spec::{CHECK_BITS, MASK_PERIOD, MESSAGE_BITS};
 
 const CHECK_SPACE: f64 = (1u32 << CHECK_BITS) as f64;
 
@@ -50,9 +58,10 @@ impl Default for Calibration {
 }
 
 impl Calibration {
-    /// Threshold on the calibrated z so that P(z_cal ≥ t)·11/256 = target.
-    pub fn threshold(&self) -> f64 {
-        let tail = (self.target_fpr * CHECK_SPACE / CANDIDATES as f64).min(0.5);
+    /// Threshold on the calibrated z so that P(z_cal ≥ t)·11/256·hypotheses = target, for a
+    /// reading that tried `hypotheses` grid shifts (see [`GridIndex::hypotheses`]).
+    pub fn threshold(&self, hypotheses: usize) -> f64 {
+        let tail = (self.target_fpr * CHECK_SPACE / (CANDIDATES * hypotheses.max(1)) as f64).min(0.5);
         normal_upper_quantile(tail)
     }
 
@@ -66,6 +75,39 @@ impl Calibration {
         let var = null_z.iter().map(|z| (z - mean).powi(2)).sum::<f64>() / (n - 1.0);
         // Never trust a calibration that claims a tighter null than the theory.
         Some(Calibration { null_mean: mean, null_std: var.sqrt().max(1.0), target_fpr })
+    }
+}
+
+/// One block's detector logits and its index on the reader's block grid.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct GridBlock {
+    pub index: i64,
+    pub logits: [f32; MESSAGE_BITS],
+}
+
+impl GridBlock {
+    fn finite(&self) -> bool {
+        self.logits.iter().all(|x| x.is_finite())
+    }
+}
+
+/// What the reader knows of its blocks' indices.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GridIndex {
+    /// They are the embedder's (a DAW's timeline grid, a file marked from its first sample and
+    /// read from the same place).
+    Known,
+    /// The embedder's index is the reader's plus an unknown shift: every shift of the mask cycle
+    /// is tried, and the false-positive rate counts each.
+    Search,
+}
+
+impl GridIndex {
+    pub fn hypotheses(self) -> usize {
+        match self {
+            GridIndex::Known => 1,
+            GridIndex::Search => MASK_PERIOD,
+        }
     }
 }
 
@@ -92,9 +134,11 @@ pub struct Decision {
     pub false_positive_rate: f64,
     /// Blocks that were combined.
     pub blocks: usize,
-    /// Combined logits (sum over blocks), scrambled as received.
+    /// Shift of the mask cycle that was used (embedder's block index − reader's); 0 when known.
+    pub grid_shift: usize,
+    /// Combined logits (sum over blocks, masks taken off), still under the key's scrambler.
     pub combined: Vec<f32>,
-    /// Per block: its hard 32-bit word, as received (scrambled).
+    /// Per block: its hard 32-bit word with its mask taken off (still scrambled).
     pub block_words: Vec<u32>,
     /// Per block: how many of its 32 hard bits agree with the combined word.
     pub block_agreement: Vec<u8>,
@@ -164,16 +208,47 @@ fn sum<'a>(blocks: impl Iterator<Item = &'a [f32; MESSAGE_BITS]>) -> [f32; MESSA
     total
 }
 
+/// The blocks' logits with the masks of `key` taken off, for embedder index = reader's + `shift`.
+pub fn unmasked(blocks: &[GridBlock], key: &Key, shift: usize) -> Vec<GridBlock> {
+    let masks = key.block_masks();
+    blocks
+        .iter()
+        .map(|b| {
+            let mask = masks[(b.index + shift as i64).rem_euclid(MASK_PERIOD as i64) as usize];
+            GridBlock { index: b.index, logits: payload::unmask(&b.logits, mask) }
+        })
+        .collect()
+}
+
+/// Sign-consistency z across the mask cycle's residue classes (uncalibrated): the blocks of each
+/// class are summed first, so a word that repeats unmasked counts once per class, not per block.
+pub fn class_z(blocks: &[GridBlock]) -> f64 {
+    let mut classes = [[0f32; MESSAGE_BITS]; MASK_PERIOD];
+    let mut used = [false; MASK_PERIOD];
+    for b in blocks.iter().filter(|b| b.finite()) {
+        let c = b.index.rem_euclid(MASK_PERIOD as i64) as usize;
+        used[c] = true;
+        classes[c].iter_mut().zip(&b.logits).for_each(|(t, x)| *t += x);
+    }
+    let sums: Vec<[f32; MESSAGE_BITS]> = (0..MASK_PERIOD).filter(|&c| used[c]).map(|c| classes[c]).collect();
+    agreement_z(&sums)
+}
+
 /// Combines the detector's per-block logits for one key and decides.
-pub fn decide(blocks: &[[f32; MESSAGE_BITS]], key: &Key, cal: &Calibration) -> Decision {
-    let finite: Vec<&[f32; MESSAGE_BITS]> = blocks.iter().filter(|b| b.iter().all(|x| x.is_finite())).collect();
-    let combined = sum(finite.iter().copied());
+pub fn decide(blocks: &[GridBlock], key: &Key, cal: &Calibration, grid: GridIndex) -> Decision {
+    let finite: Vec<GridBlock> = blocks.iter().filter(|b| b.finite()).copied().collect();
+    // The shift that lines the blocks up best (ties: the smallest).
+    let (grid_shift, raw_z) = (0..grid.hypotheses())
+        .map(|s| (s, class_z(&unmasked(&finite, key, s))))
+        .fold((0, f64::NEG_INFINITY), |best, (s, z)| if z > best.1 { (s, z) } else { best });
+    let logits: Vec<[f32; MESSAGE_BITS]> = unmasked(&finite, key, grid_shift).iter().map(|b| b.logits).collect();
+    let combined = sum(logits.iter());
     let word = payload::from_logits(&combined);
-    let z = (agreement_z(blocks) - cal.null_mean) / cal.null_std;
-    let fpr = normal_upper_tail(z) * CANDIDATES as f64 / CHECK_SPACE;
+    let z = (raw_z - cal.null_mean) / cal.null_std;
+    let fpr = (normal_upper_tail(z) * (CANDIDATES * grid.hypotheses()) as f64 / CHECK_SPACE).min(1.0);
     let decoded = crc_aided(word, &combined, key);
-    let threshold = cal.threshold();
-    let readable = expected_word_errors(blocks) <= MAX_WORD_ERRORS;
+    let threshold = cal.threshold(grid.hypotheses());
+    let readable = expected_word_errors(&logits) <= MAX_WORD_ERRORS;
     let verdict = match decoded {
         Some(_) if z >= threshold && readable => Verdict::Found,
         _ if z >= threshold.min(3.0) => Verdict::Uncertain,
@@ -181,7 +256,7 @@ pub fn decide(blocks: &[[f32; MESSAGE_BITS]], key: &Key, cal: &Calibration) -> D
     };
     // Agreement is measured against the corrected word when the check found one.
     let reference = decoded.and_then(|p| payload::encode(p, key).ok()).unwrap_or(word);
-    let block_words: Vec<u32> = finite.iter().map(|b| payload::from_logits(b)).collect();
+    let block_words: Vec<u32> = logits.iter().map(payload::from_logits).collect();
     let block_agreement = block_words.iter().map(|w| (w ^ reference).count_zeros() as u8).collect();
     Decision {
         verdict,
@@ -189,6 +264,7 @@ pub fn decide(blocks: &[[f32; MESSAGE_BITS]], key: &Key, cal: &Calibration) -> D
         z,
         false_positive_rate: fpr,
         blocks: finite.len(),
+        grid_shift,
         combined: combined.to_vec(),
         block_words,
         block_agreement,
@@ -250,17 +326,24 @@ mod tests {
     use rand::{Rng, SeedableRng};
     use rand_chacha::ChaCha8Rng;
 
-    fn noisy_blocks(rng: &mut ChaCha8Rng, word: Option<u32>, n: usize, ber: f64) -> Vec<[f32; 32]> {
-        (0..n)
-            .map(|_| {
-                let w = word.unwrap_or_else(|| rng.random());
+    /// n blocks from grid index 0: the marked stem's word under each block's mask (random words
+    /// when unmarked), each bit flipped with probability `ber`, with random confidence.
+    fn noisy_blocks(rng: &mut ChaCha8Rng, word: Option<(u32, &Key)>, n: usize, ber: f64) -> Vec<GridBlock> {
+        (0..n as i64)
+            .map(|index| {
+                let w = word.map_or_else(|| rng.random(), |(w, k)| payload::block_word(w, k, index));
                 let bits = payload::to_bipolar(w);
-                std::array::from_fn(|i| {
+                let logits = std::array::from_fn(|i| {
                     let flip = if rng.random_bool(ber) { -1.0 } else { 1.0 };
                     bits[i] * flip * rng.random_range(0.5f32..4.0)
-                })
+                });
+                GridBlock { index, logits }
             })
             .collect()
+    }
+
+    fn words(blocks: &[GridBlock]) -> Vec<[f32; 32]> {
+        blocks.iter().map(|b| b.logits).collect()
     }
 
     #[test]
@@ -277,13 +360,14 @@ mod tests {
         let mut rng = ChaCha8Rng::seed_from_u64(1);
         let key = Key::from_bytes([7; 16], "k");
         let word = payload::encode(123_456, &key).unwrap();
-        let d = decide(&noisy_blocks(&mut rng, Some(word), 16, 0.15), &key, &Calibration::default());
+        let d = decide(&noisy_blocks(&mut rng, Some((word, &key)), 16, 0.15), &key, &Calibration::default(), GridIndex::Known);
         assert_eq!(d.verdict, Verdict::Found, "{d:?}");
         assert_eq!(d.payload, Some(123_456));
         assert!(d.false_positive_rate < 1e-9);
-        // the wrong key reads the same audio as nothing (the check fails)
+        // the wrong key reads the same audio as nothing: its masks do not line the blocks up
         let other = Key::from_bytes([8; 16], "o");
-        assert_ne!(decide(&noisy_blocks(&mut rng, Some(word), 16, 0.15), &other, &Calibration::default()).verdict, Verdict::Found);
+        let d = decide(&noisy_blocks(&mut rng, Some((word, &key)), 16, 0.15), &other, &Calibration::default(), GridIndex::Search);
+        assert_eq!(d.verdict, Verdict::NotFound, "{d:?}");
     }
 
     #[test]
@@ -297,20 +381,21 @@ mod tests {
         let cal = Calibration::default();
         let (mut wrong, mut wrong_ungated, mut uncertain) = (0, 0, 0);
         for _ in 0..2000 {
-            let blocks = noisy_blocks(&mut rng, Some(word), 20, 0.33);
-            let d = decide(&blocks, &key, &cal);
+            let blocks = noisy_blocks(&mut rng, Some((word, &key)), 20, 0.33);
+            let d = decide(&blocks, &key, &cal, GridIndex::Known);
             wrong += d.payload.is_some_and(|p| p != 654_321) as usize;
             uncertain += (d.verdict == Verdict::Uncertain) as usize;
             let combined: [f32; MESSAGE_BITS] = d.combined.clone().try_into().unwrap();
-            let ungated = crc_aided(payload::from_logits(&combined), &combined, &key).filter(|_| d.z >= cal.threshold());
+            let ungated = crc_aided(payload::from_logits(&combined), &combined, &key).filter(|_| d.z >= cal.threshold(1));
             wrong_ungated += ungated.is_some_and(|p| p != 654_321) as usize;
         }
         println!("wrong payloads in 2000 noisy readings: {wrong} (without the word-error gate: {wrong_ungated})");
-        assert!(wrong <= 2 && wrong_ungated >= 20, "gated {wrong}, ungated {wrong_ungated}");
+        assert!(wrong <= 2 && wrong_ungated >= 10, "gated {wrong}, ungated {wrong_ungated}");
         assert!(uncertain > 1900, "the mark itself is plain: {uncertain} of 2000 uncertain");
-        let clear = noisy_blocks(&mut rng, Some(word), 20, 0.10);
-        assert!(expected_word_errors(&clear) < 0.1, "{}", expected_word_errors(&clear));
-        assert_eq!(decide(&clear, &key, &cal).payload, Some(654_321));
+        let clear = noisy_blocks(&mut rng, Some((word, &key)), 20, 0.10);
+        let e = expected_word_errors(&words(&unmasked(&clear, &key, 0)));
+        assert!(e < 0.1, "{e}");
+        assert_eq!(decide(&clear, &key, &cal, GridIndex::Known).payload, Some(654_321));
     }
 
     #[test]
@@ -359,7 +444,7 @@ mod tests {
         let (mut over3, mut found) = (0, 0);
         let mut zs = Vec::new();
         for _ in 0..trials {
-            let d = decide(&noisy_blocks(&mut rng, None, 10, 0.0), &key, &cal);
+            let d = decide(&noisy_blocks(&mut rng, None, 10, 0.0), &key, &cal, GridIndex::Known);
             over3 += (d.z >= 3.0) as usize;
             found += (d.verdict == Verdict::Found) as usize;
             zs.push(d.z);
@@ -372,19 +457,71 @@ mod tests {
     }
 
     #[test]
+    fn a_repeated_misreading_is_not_a_mark() {
+        // What another key's mark or a biased detector gives: the same word in every block, here
+        // with 20 % of its bits flipped per block, 24 blocks. Read as it comes it is "consistent"
+        // (z ≈ 13); with the reading key's masks taken off it is as random as unmarked audio.
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        let cal = Calibration::default();
+        let mut zs = Vec::new();
+        for t in 0..2000u32 {
+            let key = Key::from_bytes(rand::Rng::random(&mut rng), "k");
+            let repeated: u32 = rng.random();
+            let blocks: Vec<GridBlock> = (0..24)
+                .map(|index| {
+                    let bits = payload::to_bipolar(repeated);
+                    let logits = std::array::from_fn(|i| bits[i] * if rng.random_bool(0.2) { -1.0 } else { 1.0 } * rng.random_range(0.5f32..4.0));
+                    GridBlock { index, logits }
+                })
+                .collect();
+            if t == 0 {
+                assert!(agreement_z(&words(&blocks)) > 10.0, "the misreading repeats");
+            }
+            let d = decide(&blocks, &key, &cal, GridIndex::Known);
+            assert_ne!(d.verdict, Verdict::Found);
+            zs.push(d.z);
+        }
+        let fit = Calibration::fit(&zs, 1e-6).unwrap();
+        assert!(fit.null_mean.abs() < 0.15 && fit.null_std < 1.15, "{fit:?}");
+        let over = zs.iter().filter(|&&z| z >= 3.0).count();
+        assert!(over <= 10, "{over} of 2000 over z 3");
+    }
+
+    #[test]
+    fn an_unknown_grid_start_is_searched_and_counted() {
+        // A stem marked from grid block 5 on, read from its first block as index 0.
+        let mut rng = ChaCha8Rng::seed_from_u64(6);
+        let key = Key::from_bytes([4; 16], "k");
+        let word = payload::encode(4242, &key).unwrap();
+        let mut blocks = noisy_blocks(&mut rng, Some((word, &key)), 21, 0.1);
+        blocks.drain(..5);
+        blocks.iter_mut().for_each(|b| b.index -= 5);
+        let cal = Calibration::default();
+        let known = decide(&blocks, &key, &cal, GridIndex::Known);
+        assert_eq!(known.verdict, Verdict::NotFound, "at the wrong shift the blocks do not line up: {known:?}");
+        let searched = decide(&blocks, &key, &cal, GridIndex::Search);
+        assert_eq!((searched.payload, searched.grid_shift), (Some(4242), 5), "{searched:?}");
+        assert!(cal.threshold(16) > cal.threshold(1) + 0.5);
+        // the stated rate counts the 16 shifts tried
+        let alone = normal_upper_tail(searched.z) * CANDIDATES as f64 / CHECK_SPACE;
+        assert!((searched.false_positive_rate / alone - 16.0).abs() < 1e-6);
+    }
+
+    #[test]
     fn biased_null_is_corrected_by_calibration() {
-        // A detector that always says "1" on bit 0 makes raw z drift up; calibration absorbs it.
+        // A detector whose bit 0 follows the key's masks (a bias the masks cannot undo) makes raw
+        // z drift up; calibration absorbs it.
         let mut rng = ChaCha8Rng::seed_from_u64(3);
         let key = Key::from_bytes([1; 16], "k");
         let biased = |rng: &mut ChaCha8Rng| {
             let mut b = noisy_blocks(rng, None, 10, 0.0);
-            b.iter_mut().for_each(|x| x[0] = x[0].abs());
+            b.iter_mut().for_each(|x| x.logits[0] = if key.block_mask(x.index) >> 31 == 1 { -1.0 } else { 1.0 });
             b
         };
-        let zs: Vec<f64> = (0..2000).map(|_| agreement_z(&biased(&mut rng))).collect();
+        let zs: Vec<f64> = (0..2000).map(|_| class_z(&unmasked(&biased(&mut rng), &key, 0))).collect();
         let cal = Calibration::fit(&zs, 1e-6).unwrap();
         assert!(cal.null_mean > 0.5, "{cal:?}");
-        let d = decide(&biased(&mut rng), &key, &cal);
+        let d = decide(&biased(&mut rng), &key, &cal, GridIndex::Known);
         assert!(d.z.abs() < 4.0);
     }
 
@@ -392,9 +529,12 @@ mod tests {
     fn degenerate_inputs_are_not_found() {
         let key = Key::from_bytes([1; 16], "k");
         let cal = Calibration::default();
-        assert_eq!(decide(&[], &key, &cal).verdict, Verdict::NotFound);
-        assert_eq!(decide(&[[1.0; 32]], &key, &cal).verdict, Verdict::NotFound);
-        assert_eq!(decide(&[[f32::NAN; 32]; 5], &key, &cal).verdict, Verdict::NotFound);
-        assert_eq!(decide(&[[0.0; 32]; 5], &key, &cal).verdict, Verdict::NotFound);
+        let at = |logits: [f32; 32], n: i64| (0..n).map(|index| GridBlock { index, logits }).collect::<Vec<_>>();
+        for grid in [GridIndex::Known, GridIndex::Search] {
+            assert_eq!(decide(&[], &key, &cal, grid).verdict, Verdict::NotFound);
+            assert_eq!(decide(&at([1.0; 32], 1), &key, &cal, grid).verdict, Verdict::NotFound);
+            assert_eq!(decide(&at([f32::NAN; 32], 5), &key, &cal, grid).verdict, Verdict::NotFound);
+            assert_eq!(decide(&at([0.0; 32], 5), &key, &cal, grid).verdict, Verdict::NotFound);
+        }
     }
 }

@@ -1,7 +1,8 @@
 //! Streaming detection on the shared 2 s grid: the engine of Stemmark Detect's worker.
 //!
 //! Mix samples (44.1 kHz, stereo or mono) arrive in chunks of any size; block k covers stream
-//! samples [k·BLOCK, (k+1)·BLOCK) (the caller starts the stream on the grid). Once a block and
+//! samples [k·BLOCK, (k+1)·BLOCK) (the caller starts the stream on the grid) and is grid block
+//! `first_block + k` of the timeline, the index Stemmark Embed masked it with. Once a block and
 //! [`CONTEXT`] samples after it have arrived, the block is separated with CONTEXT samples of
 //! context on both sides, and the mix and every separated stem are decoded with every key. Logits
 //! are kept per (path, key) and decided on demand with the calibrated rule, the same rule
@@ -9,7 +10,7 @@
 
 use ndarray::{Array2, Array3};
 
-use crate::decision::{self, Calibration, Decision, Verdict};
+use crate::decision::{self, Calibration, Decision, GridBlock, GridIndex, Verdict};
 use crate::detector::{Detector, audible};
 use crate::keys::Key;
 use crate::modelset::ModelError;
@@ -43,15 +44,15 @@ pub struct PathReading {
     pub fingerprint: String,
     #[serde(flatten)]
     pub decision: Decision,
-    /// State of every analysed block, in order (block index = position + first_block).
+    /// State of every analysed block, in the order analysed.
     pub blocks: Vec<BlockState>,
 }
 
 struct Track {
     path: &'static str,
     key: usize,
-    /// Per analysed block: logits, or None when the block was silent on this path.
-    logits: Vec<Option<[f32; MESSAGE_BITS]>>,
+    /// Per analysed block: its grid index and logits (None when it was silent on this path).
+    logits: Vec<(i64, Option<[f32; MESSAGE_BITS]>)>,
 }
 
 pub struct DetectStream {
@@ -62,8 +63,9 @@ pub struct DetectStream {
     /// Ring of the last WINDOW samples per channel (`hist[c][i % WINDOW]` = sample i).
     hist: Vec<Vec<f32>>,
     pushed: usize,
-    /// Next block to analyse.
+    /// Next block to analyse (stream position), and the grid index of stream block 0.
     next_block: usize,
+    first_block: i64,
     tracks: Vec<Track>,
     /// Blocks analysed so far.
     pub blocks_done: usize,
@@ -71,7 +73,8 @@ pub struct DetectStream {
 
 impl DetectStream {
     /// A stream over `channels` (1 or 2) reading every key; `separate = false` reads the mix only.
-    pub fn new(channels: usize, keys: Vec<Key>, cal: Calibration, separate: bool) -> Result<DetectStream, ModelError> {
+    /// Its first sample starts grid block `first_block`.
+    pub fn new(channels: usize, keys: Vec<Key>, cal: Calibration, separate: bool, first_block: i64) -> Result<DetectStream, ModelError> {
         if !(1..=2).contains(&channels) {
             return Err(ModelError::Input(format!("{channels} channels: mono or stereo only")));
         }
@@ -91,6 +94,7 @@ impl DetectStream {
             hist: vec![vec![0.0; WINDOW]; channels],
             pushed: 0,
             next_block: 0,
+            first_block,
             tracks,
             blocks_done: 0,
         })
@@ -129,9 +133,10 @@ impl DetectStream {
         Ok(())
     }
 
-    /// A discontinuity (seek, loop, dropped input): the next sample pushed is the start of a new
-    /// block on the grid. Context is cleared; the logits gathered so far keep counting.
-    pub fn restart(&mut self) {
+    /// A discontinuity (seek, loop, dropped input): the next sample pushed is the start of grid
+    /// block `first_block`. Context is cleared; the logits gathered so far keep counting.
+    pub fn restart(&mut self, first_block: i64) {
+        self.first_block = first_block;
         for h in &mut self.hist {
             h.fill(0.0);
         }
@@ -175,12 +180,13 @@ impl DetectStream {
                 paths.push((name, stem_mid));
             }
         }
+        let index = self.first_block + self.next_block as i64;
         for (path, audio) in paths {
             let loud = audible(&audio);
             let block = Array2::from_shape_vec((1, BLOCK), audio).expect("one block");
             for t in self.tracks.iter_mut().filter(|t| t.path == path) {
                 let l = if loud { Some(det.logits(&block, &self.keys[t.key])?[0]) } else { None };
-                t.logits.push(l);
+                t.logits.push((index, l));
             }
         }
         self.next_block += 1;
@@ -194,18 +200,20 @@ impl DetectStream {
             .iter()
             .map(|t| {
                 let key = &self.keys[t.key];
-                let blocks: Vec<[f32; MESSAGE_BITS]> = t.logits.iter().flatten().copied().collect();
-                let decision = decision::decide(&blocks, key, &self.cal);
+                let blocks: Vec<GridBlock> =
+                    t.logits.iter().filter_map(|&(index, l)| l.map(|logits| GridBlock { index, logits })).collect();
+                let decision = decision::decide(&blocks, key, &self.cal, GridIndex::Known);
                 let reference = decision.payload.and_then(|p| payload::encode(p, key).ok());
                 let states = t
                     .logits
                     .iter()
-                    .map(|l| match (l, reference) {
+                    .map(|&(index, l)| match (l, reference) {
                         (None, _) => BlockState::Uncertain,
                         (Some(_), None) if decision.verdict == Verdict::Uncertain => BlockState::Uncertain,
                         (Some(_), None) => BlockState::NotMarked,
                         (Some(l), Some(w)) => {
-                            if (payload::from_logits(l) ^ w).count_ones() <= 4 { BlockState::Marked } else { BlockState::NotMarked }
+                            let read = payload::from_logits(&l) ^ key.block_mask(index);
+                            if (read ^ w).count_ones() <= 4 { BlockState::Marked } else { BlockState::NotMarked }
                         }
                     })
                     .collect();

@@ -7,12 +7,12 @@ use ndarray::Array2;
 use ort::value::TensorRef;
 
 use crate::contract;
-use crate::decision::{self, Calibration, Decision};
+use crate::decision::{self, Calibration, Decision, GridBlock, GridIndex};
 use crate::keys::Key;
 use crate::manifest::Manifest;
 use crate::modelset::{self, ModelError};
 use crate::runtime::{Model, Provider, RuntimeError};
-use crate::spec::{BLOCK, HOP, KEY_DIM, MESSAGE_BITS};
+use crate::spec::{BLOCK, HOP, KEY_DIM, MASK_PERIOD, MESSAGE_BITS};
 
 /// Blocks quieter than this (RMS, dBFS) carry no usable mark and are left out of the decision.
 pub const SILENCE_DBFS: f32 = -70.0;
@@ -26,9 +26,10 @@ const PROBE_BLOCKS: usize = 4;
 /// How the block grid is placed on the audio.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Alignment {
-    /// Block k starts at sample `offset + k·BLOCK` (a DAW bounce from timeline zero: offset 0).
+    /// Block k starts at sample `offset + k·BLOCK` and is grid block k of the embedder (a DAW
+    /// bounce from timeline zero, a file marked from its first sample: offset 0).
     Fixed(usize),
-    /// Search the offset (files of unknown origin).
+    /// Search the offset, and the mask cycle's shift (files of unknown origin).
     Search,
 }
 
@@ -96,8 +97,9 @@ impl Detector {
             .unwrap_or_else(|| logits.outer_iter().map(|r| std::array::from_fn(|i| r[i])).collect()))
     }
 
-    /// Logits of every audible full block of the grid starting at `offset` (at most `limit`).
-    pub fn grid_logits(&mut self, mid: &[f32], offset: usize, key: &Key, limit: usize) -> Result<Vec<[f32; MESSAGE_BITS]>, ModelError> {
+    /// Logits of every audible full block of the grid starting at `offset` (at most `limit`),
+    /// each with its index on that grid (block k starts at `offset + k·BLOCK`).
+    pub fn grid_logits(&mut self, mid: &[f32], offset: usize, key: &Key, limit: usize) -> Result<Vec<GridBlock>, ModelError> {
         let starts: Vec<usize> = (0..)
             .map(|k| offset + k * BLOCK)
             .take_while(|s| s + BLOCK <= mid.len())
@@ -107,15 +109,18 @@ impl Detector {
         let mut out = Vec::with_capacity(starts.len());
         for chunk in starts.chunks(BATCH) {
             let batch = Array2::from_shape_fn((chunk.len(), BLOCK), |(b, i)| mid[chunk[b] + i]);
-            out.extend(self.logits(&batch, key)?);
+            let logits = self.logits(&batch, key)?;
+            out.extend(chunk.iter().zip(logits).map(|(&s, logits)| GridBlock { index: ((s - offset) / BLOCK) as i64, logits }));
         }
         Ok(out)
     }
 
-    /// The grid offset where `key`'s mark is most consistent, searched coarse then fine.
+    /// The grid offset where `key`'s mark is most consistent (at the best shift of the mask
+    /// cycle), searched coarse then fine.
     pub fn find_offset(&mut self, mid: &[f32], key: &Key) -> Result<usize, ModelError> {
         let score = |d: &mut Detector, off: usize| -> Result<f64, ModelError> {
-            Ok(decision::agreement_z(&d.grid_logits(mid, off, key, PROBE_BLOCKS)?))
+            let blocks = d.grid_logits(mid, off, key, PROBE_BLOCKS)?;
+            Ok((0..MASK_PERIOD).map(|s| decision::class_z(&decision::unmasked(&blocks, key, s))).fold(f64::NEG_INFINITY, f64::max))
         };
         let mut best = (f64::NEG_INFINITY, 0usize);
         for off in (0..BLOCK).step_by(COARSE_STEP).filter(|o| o + BLOCK <= mid.len()) {
@@ -146,16 +151,16 @@ impl Detector {
         let cal = self.calibration();
         keys.iter()
             .map(|key| {
-                let offset = match align {
-                    Alignment::Fixed(o) => o,
-                    Alignment::Search => self.find_offset(mid, key)?,
+                let (offset, grid) = match align {
+                    Alignment::Fixed(o) => (o, GridIndex::Known),
+                    Alignment::Search => (self.find_offset(mid, key)?, GridIndex::Search),
                 };
                 let blocks = self.grid_logits(mid, offset, key, usize::MAX)?;
                 Ok(KeyReport {
                     key: key.name().to_string(),
                     fingerprint: key.fingerprint(),
                     offset,
-                    decision: decision::decide(&blocks, key, &cal),
+                    decision: decision::decide(&blocks, key, &cal, grid),
                 })
             })
             .collect()

@@ -1,7 +1,8 @@
 //! Streaming embedding: audio in chunks of any size, marked audio out, one 2 s block at a time.
 //! The same code marks whole files (`Embedder::embed`) and runs on the plugin's worker thread.
 //!
-//! Input sample 0 is the start of block 0. The mid signal's frames of a block are collected; once
+//! Input sample 0 is the start of a block: grid block `first_block`, whose index picks the key's
+//! block mask (0 for a file marked from its first sample; the timeline's block for a plugin). The mid signal's frames of a block are collected; once
 //! the block's last frame exists, the embedder computes its mask, every channel's frames of that
 //! block are masked and resynthesised. Output sample i is the marked input sample i; it becomes
 //! available at most [`LATENCY`] samples after input sample i was pushed.
@@ -36,13 +37,17 @@ pub struct EmbedStream {
     /// Frames of the current block collected so far.
     filled: usize,
     pushed: usize,
+    /// Grid index of the stream's first block, and of the block being collected.
+    first_block: i64,
+    index: i64,
     /// Blocks marked so far (a partial last block counts when it is flushed).
     pub blocks_done: usize,
 }
 
 impl EmbedStream {
-    /// A stream for `channels` (1 or 2) channels marking `payload` under `key` at `strength`.
-    pub fn new(channels: usize, key: &Key, payload_value: u32, strength: f32) -> Result<EmbedStream, ModelError> {
+    /// A stream for `channels` (1 or 2) channels marking `payload` under `key` at `strength`,
+    /// whose first sample starts grid block `first_block`.
+    pub fn new(channels: usize, key: &Key, payload_value: u32, strength: f32, first_block: i64) -> Result<EmbedStream, ModelError> {
         if !(1..=2).contains(&channels) {
             return Err(ModelError::Input(format!("{channels} channels: mono or stereo only")));
         }
@@ -61,6 +66,8 @@ impl EmbedStream {
             block_first: 0,
             filled: 0,
             pushed: 0,
+            first_block,
+            index: first_block,
             blocks_done: 0,
         })
     }
@@ -126,8 +133,9 @@ impl EmbedStream {
         Ok(())
     }
 
-    /// Forgets everything (transport stop or seek): the next sample pushed starts block 0.
+    /// Forgets everything: the next sample pushed starts block `first_block` again.
     pub fn reset(&mut self) {
+        self.index = self.first_block;
         self.ch_stft.iter_mut().for_each(StreamingStft::reset);
         self.ch_istft.iter_mut().for_each(StreamingIstft::reset);
         self.block_first = 0;
@@ -165,11 +173,12 @@ impl EmbedStream {
     /// `limit` (the zero-padded tail at the end of the stream) are dropped.
     fn mark_block(&mut self, emb: &mut Embedder, out: &mut [Vec<f32>], limit: usize) -> Result<(), ModelError> {
         let f = self.filled;
+        let word = payload::block_word(self.word, &self.key, self.index);
         let mask = if f == FRAMES_PER_BLOCK {
-            emb.masks(self.mag.view(), self.word, &self.key, self.strength)?
+            emb.masks(self.mag.view(), word, &self.key, self.strength)?
         } else {
             let part = self.mag.slice_axis(Axis(2), (0..f).into());
-            emb.masks(part, self.word, &self.key, self.strength)?
+            emb.masks(part, word, &self.key, self.strength)?
         };
         for (c, istft) in self.ch_istft.iter_mut().enumerate() {
             let frames = &mut self.frames[c];
@@ -184,6 +193,7 @@ impl EmbedStream {
         }
         self.block_first += f;
         self.filled = 0;
+        self.index += 1;
         self.blocks_done += 1;
         Ok(())
     }

@@ -77,7 +77,7 @@ impl Embedder {
     }
 
     /// Marks a whole stem (1 or 2 channels at 44.1 kHz) in every block of the grid that starts
-    /// at its first sample, streaming it one block at a time (memory stays bounded by the input
+    /// at its first sample (block 0), streaming it one block at a time (memory stays bounded by the input
     /// and output). `progress(done, total)` is called after each block.
     pub fn embed(
         &mut self,
@@ -88,7 +88,7 @@ impl Embedder {
         progress: &mut dyn FnMut(usize, usize),
     ) -> Result<Vec<Vec<f32>>, ModelError> {
         modelset::check_channels(channels)?;
-        let mut stream = EmbedStream::new(channels.len(), key, payload_value, strength)?;
+        let mut stream = EmbedStream::new(channels.len(), key, payload_value, strength, 0)?;
         let len = channels[0].len();
         let blocks = frames_for_len(len).div_ceil(FRAMES_PER_BLOCK);
         let mut out: Vec<Vec<f32>> = channels.iter().map(|_| Vec::with_capacity(len)).collect();

@@ -1,5 +1,6 @@
 //! Secret keys: generation, passphrase derivation, the key file format, and everything derived
-//! from a key (the network's key vector, the bit scrambler, a public fingerprint).
+//! from a key (the network's key vector, the bit scrambler, the per-block masks, a public
+//! fingerprint).
 //!
 //! Key file format (TOML, one key per file, like audiowmark's named key files):
 //!
@@ -18,7 +19,7 @@ use std::path::Path;
 use hkdf::Hkdf;
 use sha2::Sha256;
 
-use crate::spec::{KEY_BYTES, KEY_DIM, MESSAGE_BITS};
+use crate::spec::{KEY_BYTES, KEY_DIM, MASK_PERIOD, MESSAGE_BITS};
 
 const FORMAT: &str = "stemmark-key-1";
 /// Salt of the passphrase KDF: fixed, so the same passphrase gives the same key everywhere.
@@ -127,6 +128,21 @@ impl Key {
         u32::from_le_bytes(self.derive("message scrambler"))
     }
 
+    /// The mask XORed onto the word of grid block `index` (block 0 starts at timeline or file
+    /// zero), repeating every [`MASK_PERIOD`] blocks. Without it every block carries the same
+    /// word, and any detector output that repeats from block to block looks like a mark: a key
+    /// that did not make the mark reads it as some consistent word, and the detector's own bias on
+    /// unmarked audio adds up. With it, only the marking key's masks line the blocks up again.
+    pub fn block_mask(&self, index: i64) -> u32 {
+        self.block_masks()[index.rem_euclid(MASK_PERIOD as i64) as usize]
+    }
+
+    /// All [`MASK_PERIOD`] block masks, mask k for the blocks whose index is k mod the period.
+    pub fn block_masks(&self) -> [u32; MASK_PERIOD] {
+        let all: [u8; 4 * MASK_PERIOD] = self.derive("block masks");
+        std::array::from_fn(|k| u32::from_le_bytes(all[4 * k..4 * k + 4].try_into().expect("4 bytes")))
+    }
+
     pub fn load(path: &Path) -> Result<Key, KeyError> {
         let p = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|source| KeyError::Read { path: p.clone(), source })?;
@@ -204,6 +220,13 @@ mod tests {
         assert!((16..=48).contains(&ones), "{ones}");
         assert_ne!(a.vector(), b.vector());
         assert_ne!(a.scrambler(), b.scrambler());
+        let masks: Vec<u32> = (0..MASK_PERIOD as i64).map(|k| a.block_mask(k)).collect();
+        let ones: u32 = masks.iter().map(|m| m.count_ones()).sum();
+        assert!((160..=352).contains(&ones), "{ones} of 512 mask bits set");
+        assert!(masks.iter().enumerate().all(|(i, m)| !masks[..i].contains(m)), "masks repeat within a period");
+        assert_eq!(a.block_mask(-1), a.block_mask(MASK_PERIOD as i64 - 1), "negative positions wrap");
+        assert_eq!(a.block_mask(3), a.block_mask(3 + 5 * MASK_PERIOD as i64));
+        assert_ne!(a.block_mask(0), b.block_mask(0));
         assert_ne!(a.fingerprint(), b.fingerprint());
         assert!(!format!("{a:?}").contains(&a.hex()), "Debug must not leak the key");
     }

@@ -1,5 +1,6 @@
 //! Message framing: the 32 bits each block carries are a 24-bit user payload followed by a CRC-8
-//! of it, XORed with the key's scrambler. Bit i of a message is bit (31 − i) of the u32 word,
+//! of it, XORed with the key's scrambler and with the key's mask for the block's place on the grid
+//! ([`crate::keys::Key::block_mask`]). Bit i of a message is bit (31 − i) of the u32 word,
 //! and a set bit is sent as +1 to the embedder (−1 otherwise); the detector's logit is positive
 //! for a 1.
 
@@ -46,6 +47,16 @@ pub fn encode(payload: u32, key: &Key) -> Result<u32, PayloadTooLarge> {
     Ok(frame(payload)? ^ key.scrambler())
 }
 
+/// The word grid block `index` carries: the stem's word under that block's mask.
+pub fn block_word(word: u32, key: &Key, index: i64) -> u32 {
+    word ^ key.block_mask(index)
+}
+
+/// Logits of a block read with its mask taken off (the sign of bit i flips where the mask has it).
+pub fn unmask(logits: &[f32; MESSAGE_BITS], mask: u32) -> [f32; MESSAGE_BITS] {
+    std::array::from_fn(|i| if mask >> (MESSAGE_BITS - 1 - i) & 1 == 1 { -logits[i] } else { logits[i] })
+}
+
 /// Unscrambles a received word with `key` and checks it.
 pub fn decode(word: u32, key: &Key) -> Option<u32> {
     unframe(word ^ key.scrambler())
@@ -77,6 +88,8 @@ mod tests {
             let w = encode(payload, &k).unwrap();
             prop_assert_eq!(decode(w, &k), Some(payload));
             prop_assert_eq!(from_logits(&to_bipolar(w)), w);
+            let sent = block_word(w, &k, 5);
+            prop_assert_eq!(from_logits(&unmask(&to_bipolar(sent), k.block_mask(5))), w);
         }
 
         #[test]

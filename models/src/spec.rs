@@ -19,6 +19,11 @@ pub const MESSAGE_BITS: usize = 32;
 pub const PAYLOAD_BITS: usize = 24;
 /// Bits of the integrity check (CRC-8) that complete the message.
 pub const CHECK_BITS: usize = MESSAGE_BITS - PAYLOAD_BITS;
+/// Blocks in one cycle of a key's block masks: block k's word is XORed with mask k mod this (see
+/// [`crate::keys::Key::block_mask`]). A detector that does not know where the grid started tries
+/// every shift of the cycle, so the period trades that search (a factor in the false-positive
+/// rate) against how often a consistent misreading repeats.
+pub const MASK_PERIOD: usize = 16;
 /// Width of the ±1 key vector the networks are conditioned on.
 pub const KEY_DIM: usize = 64;
 /// Length of a secret key in bytes (128 bits).

@@ -237,9 +237,11 @@ fn calibrate_reads_unmarked_and_other_marked_items_and_leaves_the_manifest_on_dr
     assert!(o.status.success(), "{}", text(&o));
     let r = json(&o);
     // 2 items × 5 paths (2 stems, mix, 2 separated stems) × 3 keys, unmarked and marked alike.
-    assert_eq!(r["readings"], 30, "{r}");
+    // Both kinds are null readings and both are fitted.
+    assert_eq!(r["readings"], 60, "{r}");
+    assert_eq!(r["unmarked"]["readings"], 30, "{r}");
     assert_eq!(r["other_marks"]["readings"], 30, "{r}");
     assert!(r["calibration"]["null_std"].as_f64().unwrap() >= 1.0, "{r}");
-    assert!(r["found_upper_95"].as_f64().unwrap() > 0.0, "{r}");
+    assert!(r["unmarked"]["found_upper_95"].as_f64().unwrap() > 0.0, "{r}");
     assert_eq!(std::fs::read(e.models.join("manifest.toml")).unwrap(), manifest, "--dry-run wrote the manifest");
 }

@@ -153,6 +153,12 @@ impl Run {
     fn to_boundary(&self) -> usize {
         (-self.next_pos44).rem_euclid(BLOCK as i64) as usize
     }
+
+    /// Grid index of the block that starts once `skip` samples are dropped (skip set to
+    /// [`Run::to_boundary`]): the index Stemmark Embed masked that block with.
+    fn block_after_skip(&self) -> i64 {
+        (self.next_pos44 + self.skip as i64).div_euclid(BLOCK as i64)
+    }
 }
 
 pub struct DetectWorker {
@@ -313,14 +319,15 @@ impl DetectWorker {
             self.shared.set_state(State::NoKeys);
             return;
         }
-        match DetectStream::new(CH, keys, m.calibration, true) {
+        // The current run continues, but the new stream starts on the grid.
+        let first_block = w.run.as_mut().map_or(0, |run| {
+            run.skip = run.to_boundary();
+            run.block_after_skip()
+        });
+        match DetectStream::new(CH, keys, m.calibration, true, first_block) {
             Ok(s) => {
                 w.stream = Some(s);
                 self.shared.set_state(State::Analysing);
-                // The current run continues, but the new stream starts on the grid.
-                if let Some(run) = &mut w.run {
-                    run.skip = run.to_boundary();
-                }
             }
             Err(e) => {
                 self.shared.set_state(State::Failed);
@@ -392,11 +399,11 @@ impl DetectWorker {
         };
         let pos44 = (cmd.timeline as f64 * SAMPLE_RATE as f64 / self.rate as f64).round() as i64;
         let run = Run { next_pos44: pos44 - resampler.latency() as i64, resampler, skip: 0 };
-        let skip = run.to_boundary();
-        w.run = Some(Run { skip, ..run });
+        let run = Run { skip: run.to_boundary(), ..run };
         if let Some(stream) = &mut w.stream {
-            stream.restart();
+            stream.restart(run.block_after_skip());
         }
+        w.run = Some(run);
     }
 
     /// Resamples `n` planar frames and feeds the grid-aligned part to the stream.

@@ -361,9 +361,13 @@ impl Worker {
 
     /// Offset (model-rate samples) of host frame `abs` into its block on the timeline grid.
     fn grid_offset(&self, st: &State_, abs: u64) -> usize {
+        self.pos44(st, abs).rem_euclid(BLOCK as i64) as usize
+    }
+
+    /// Model-rate timeline position of host frame `abs`.
+    fn pos44(&self, st: &State_, abs: u64) -> i64 {
         let timeline = st.epoch_timeline + (abs as i64 - st.epoch_abs as i64);
-        let pos44 = (timeline as f64 * SAMPLE_RATE as f64 / self.rate as f64).round() as i64;
-        pos44.rem_euclid(BLOCK as i64) as usize
+        (timeline as f64 * SAMPLE_RATE as f64 / self.rate as f64).round() as i64
     }
 
     /// Builds a pipeline whose first input is host frame `from`, and whose first `skip` outputs
@@ -382,8 +386,15 @@ impl Worker {
             return;
         };
         let ch = self.channels;
+        // The stream's sample 0 must be a block start: the input resampler's output sample m
+        // sits at model-rate timeline position pos44(from) + m − a_in, so prepend the zeros that
+        // reach back to the block start (`z`), and drop their output. That block's place on the
+        // timeline grid picks the key's block masks.
+        let start44 = self.pos44(st, from) - self.latency.resampler_in as i64;
+        let z = start44.rem_euclid(BLOCK as i64) as usize;
+        let first_block = (start44 - z as i64).div_euclid(BLOCK as i64);
         let built = (|| -> Result<Pipeline, String> {
-            let stream = EmbedStream::new(ch, &key, st.settings.payload, st.settings.strength)
+            let stream = EmbedStream::new(ch, &key, st.settings.payload, st.settings.strength, first_block)
                 .map_err(|e| e.to_string())?;
             Ok(Pipeline {
                 to_model: StreamResampler::new(self.rate, SAMPLE_RATE, ch)
@@ -406,11 +417,6 @@ impl Worker {
                 return;
             }
         };
-        // The stream's sample 0 must be a block start: the input resampler's output sample m
-        // sits at model-rate timeline position pos44(from) + m − a_in, so prepend the zeros that
-        // reach back to the block start, and drop their output.
-        let pos44 = self.grid_offset(st, from) as i64;
-        let z = (pos44 - self.latency.resampler_in as i64).rem_euclid(BLOCK as i64) as usize;
         pipe.skip_model = z;
         let zeros = vec![0.0f32; z];
         let zin: Vec<&[f32]> = (0..ch).map(|_| &zeros[..]).collect();

@@ -777,7 +777,7 @@ fn bench_worker_per_block() {
         };
         let mut to_model = StreamResampler::new(rate, 44_100, 2).unwrap();
         let mut to_host = StreamResampler::new(44_100, rate, 2).unwrap();
-        let mut stream = EmbedStream::new(2, &key(), PAYLOAD, 1.0).unwrap();
+        let mut stream = EmbedStream::new(2, &key(), PAYLOAD, 1.0, 0).unwrap();
         let mut x44 = vec![vec![0.0f32; to_model.max_output_len(4096)]; 2];
         let mut y44 = vec![Vec::new(); 2];
         let mut out = vec![vec![0.0f32; 0]; 2];

@@ -141,10 +141,10 @@ fn oracle(emb: &mut Embedder, x: &[Vec<f32>], key: &Key, payload: u32) -> Vec<Ve
     let mag = stft.forward(&mid).magnitude();
     let word = stemmark_models::payload::encode(payload, key).unwrap();
     let mut mask = mag.clone();
-    for start in (0..mag.ncols()).step_by(FRAMES_PER_BLOCK) {
+    for (k, start) in (0..mag.ncols()).step_by(FRAMES_PER_BLOCK).enumerate() {
         let end = (start + FRAMES_PER_BLOCK).min(mag.ncols());
         let block = mag.slice(s![.., start..end]).insert_axis(Axis(0));
-        let m = emb.masks(block, word, key, 1.0).unwrap();
+        let m = emb.masks(block, stemmark_models::payload::block_word(word, key, k as i64), key, 1.0).unwrap();
         mask.slice_mut(s![.., start..end]).assign(&m.index_axis(Axis(0), 0));
     }
     x.iter()
@@ -166,7 +166,7 @@ fn streaming_embedding_equals_whole_buffer_and_keeps_its_latency() {
     let x = testkit::music_like(44_100, 4.6, 12).channels;
     let want = oracle(&mut emb, &x, &key, 777);
     let whole = emb.embed(&x, &key, 777, 1.0, &mut |_, _| {}).unwrap();
-    let mut stream = EmbedStream::new(2, &key, 777, 1.0).unwrap();
+    let mut stream = EmbedStream::new(2, &key, 777, 1.0, 0).unwrap();
     let mut out = vec![Vec::new(), Vec::new()];
     let mut pos = 0;
     let mut sizes = [1usize, 0, 4096, 37, 512, 88_200, 3, 1000].iter().cycle();
@@ -207,7 +207,7 @@ fn streaming_detection_on_the_grid_matches_file_detection() {
     for c in &mut x {
         c[BLOCK..2 * BLOCK].fill(0.0);
     }
-    let mut s = DetectStream::new(2, keys.clone(), det.calibration(), true).unwrap();
+    let mut s = DetectStream::new(2, keys.clone(), det.calibration(), true, 0).unwrap();
     let mut pos = 0;
     for n in [1usize, 4096, 333, 100_000, 7, 50_000].iter().cycle() {
         if pos == x[0].len() {

@@ -244,7 +244,7 @@ pub fn evaluate_set(dir: &Path, setup: &Setup) -> Result<SetReport> {
     // Attacks draw from their own stream, so keys and payloads do not depend on the build.
     let mut attack_rng = ChaCha8Rng::seed_from_u64(setup.seed ^ 0x00a7_7ac4);
     let mut r = SetReport::new(dir);
-    r.threshold = m.det.calibration().threshold();
+    r.threshold = m.det.calibration().threshold(1);
     let pb = crate::cmd::progress("eval");
     pb.set_length(setup.items.len() as u64);
     let mut pending = Vec::new();
@@ -301,9 +301,7 @@ fn external_separator(python: &Path, det: &mut Detector, pending: &[Pending], r:
         for s in 0..2 {
             let mid = Audio::new(SAMPLE_RATE, stems[s].clone()).mid();
             let word = payload::encode(p.payloads[s], &p.keys[s])?;
-            for l in det.grid_logits(&mid, 0, &p.keys[s], usize::MAX)? {
-                counts[s].add(metrics::bit_errors(payload::from_logits(&l), word));
-            }
+            counts[s].merge(block_errors(det, &mid, &p.keys[s], word)?);
             let d = det.detect(&mid, std::slice::from_ref(&p.keys[s]), Alignment::Fixed(0))?.remove(0).decision;
             r.payload_external[s].tally(p.payloads[s], &[d.payload]);
         }
@@ -354,9 +352,7 @@ fn evaluate_item(
         let counts = r.ber_codec.entry(c.name().to_string()).or_default();
         for s in 0..2 {
             let mid = Audio::new(SAMPLE_RATE, stems[s].clone()).mid();
-            for l in det.grid_logits(&mid, 0, &keys[s], usize::MAX)? {
-                counts[s].add(metrics::bit_errors(payload::from_logits(&l), words[s]));
-            }
+            counts[s].merge(block_errors(det, &mid, &keys[s], words[s])?);
         }
     }
     // Table 1: the attack families on the mix, then separation.
@@ -369,9 +365,7 @@ fn evaluate_item(
         let counts = table.entry(column.to_string()).or_default();
         for s in 0..2 {
             let mid = Audio::new(SAMPLE_RATE, stems[s].clone()).mid();
-            for l in det.grid_logits(&mid, 0, &keys[s], usize::MAX)? {
-                counts[s].add(metrics::bit_errors(payload::from_logits(&l), words[s]));
-            }
+            counts[s].merge(block_errors(det, &mid, &keys[s], words[s])?);
         }
     }
     #[cfg(not(feature = "train"))]
@@ -388,9 +382,7 @@ fn evaluate_item(
         let alone_mid = marked[s].mid();
         let mut bits = [BitCount::default(); 3];
         for (k, audio) in [&alone_mid, &est_mid, &mix_mid].into_iter().enumerate() {
-            for l in det.grid_logits(audio, 0, &keys[s], usize::MAX)? {
-                bits[k].add(metrics::bit_errors(payload::from_logits(&l), word));
-            }
+            bits[k].merge(block_errors(det, audio, &keys[s], word)?);
         }
         r.ber_alone[s].merge(bits[0]);
         r.ber_separated[s].merge(bits[1]);
@@ -421,8 +413,9 @@ fn evaluate_item(
         // A wrong key: its bits, unscrambled with the wrong key, against the true frame.
         let wrong = Key::from_bytes(rng.random(), "wrong");
         let frame = payload::frame(payloads[s])?;
-        for l in det.grid_logits(&est_mid, 0, &wrong, usize::MAX)? {
-            r.ber_wrong_key.add(metrics::bit_errors(payload::from_logits(&l) ^ wrong.scrambler(), frame));
+        for b in det.grid_logits(&est_mid, 0, &wrong, usize::MAX)? {
+            let read = payload::from_logits(&b.logits) ^ wrong.block_mask(b.index) ^ wrong.scrambler();
+            r.ber_wrong_key.add(metrics::bit_errors(read, frame));
         }
         let wrong_rep = det.detect(&est_mid, std::slice::from_ref(&wrong), Alignment::Fixed(0))?.remove(0);
         r.false_positives.trials += 1;
@@ -432,6 +425,16 @@ fn evaluate_item(
     double_mark(emb, det, &item.foreground, rng, r)?;
     r.blocks += (len / BLOCK) as u64;
     Ok(Pending { scenario: item.scenario.clone(), mix, keys, payloads, quality_pairs })
+}
+
+/// Bit errors of every block of `mid` (grid from its first sample) read with `key`, against the
+/// stem's `word` under each block's mask.
+fn block_errors(det: &mut Detector, mid: &[f32], key: &Key, word: u32) -> Result<BitCount> {
+    let mut bits = BitCount::default();
+    for b in det.grid_logits(mid, 0, key, usize::MAX)? {
+        bits.add(metrics::bit_errors(payload::from_logits(&b.logits), payload::block_word(word, key, b.index)));
+    }
+    Ok(bits)
 }
 
 /// WAKE's multiple marks: the stem is marked with one key, the result marked again with another,
@@ -444,9 +447,7 @@ fn double_mark(emb: &mut Embedder, det: &mut Detector, stem: &Audio, rng: &mut C
     let mid = twice.mid();
     for m in 0..2 {
         let word = payload::encode(payloads[m], &keys[m])?;
-        for l in det.grid_logits(&mid, 0, &keys[m], usize::MAX)? {
-            r.double_mark_ber[m].add(metrics::bit_errors(payload::from_logits(&l), word));
-        }
+        r.double_mark_ber[m].merge(block_errors(det, &mid, &keys[m], word)?);
         let rep = det.detect(&mid, std::slice::from_ref(&keys[m]), Alignment::Fixed(0))?.remove(0);
         r.double_mark[m].tally(payloads[m], &[rep.decision.payload]);
     }
