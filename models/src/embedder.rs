@@ -87,8 +87,22 @@ impl Embedder {
         strength: f32,
         progress: &mut dyn FnMut(usize, usize),
     ) -> Result<Vec<Vec<f32>>, ModelError> {
+        self.embed_at(channels, key, payload_value, strength, 0, progress)
+    }
+
+    /// [`embed`](Self::embed) for audio whose first sample starts grid block `first_block` (what
+    /// Stemmark Embed does at that place on a DAW's timeline).
+    pub fn embed_at(
+        &mut self,
+        channels: &[Vec<f32>],
+        key: &Key,
+        payload_value: u32,
+        strength: f32,
+        first_block: i64,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<Vec<Vec<f32>>, ModelError> {
         modelset::check_channels(channels)?;
-        let mut stream = EmbedStream::new(channels.len(), key, payload_value, strength, 0)?;
+        let mut stream = EmbedStream::new(channels.len(), key, payload_value, strength, first_block)?;
         let len = channels[0].len();
         let blocks = frames_for_len(len).div_ceil(FRAMES_PER_BLOCK);
         let mut out: Vec<Vec<f32>> = channels.iter().map(|_| Vec::with_capacity(len)).collect();

@@ -68,7 +68,7 @@ def confidence(report, out):
     ax.hist(marked, bins=bins, alpha=0.6, label=f"marked, own key ({len(marked)})")
     if s.get("threshold") is not None:
         ax.axvline(s["threshold"], color="k", lw=1, label=f"threshold z = {s['threshold']:.2f}")
-    ax.set_xlabel("calibrated z (sign consistency over the item's blocks)")
+    ax.set_xlabel("calibrated z (sign consistency of the item's blocks, key's block masks taken off)")
     ax.set_ylabel("readings")
     ax.set_title(f"Detection confidence: {Path(s['models']).name or s['models']}")
     ax.legend(fontsize=8)

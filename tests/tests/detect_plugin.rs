@@ -22,6 +22,7 @@ use std::process::Command;
 
 use anyhow::{Context, Result, ensure};
 use serde_json::{Value, json};
+use stemmark_models::decision;
 use stemmark_models::detector::Alignment;
 use stemmark_models::embedder::Embedder;
 use stemmark_models::keys::Key;
@@ -126,12 +127,17 @@ impl Child {
 /// Two real stems (Wesnoth tracks when installed), each marked with its own key and payload,
 /// summed into a mix (44.1 kHz stereo).
 fn marked_mix(models: &Path) -> Vec<Vec<f32>> {
+    marked_mix_at(models, 0)
+}
+
+/// [`marked_mix`] as marked in a session where it starts at grid block `first_block`.
+fn marked_mix_at(models: &Path, first_block: i64) -> Vec<Vec<f32>> {
     runtime::init(None, &[]).expect("ONNX Runtime (run `cargo xtask setup`)");
     let mut emb = Embedder::open(models, Provider::Cpu).unwrap();
     let stems = [wesnoth_44k("elvish-theme.ogg", SECONDS, 7), wesnoth_44k("transience.ogg", SECONDS, 9)];
     let mut mix = vec![vec![0.0f32; SECONDS * SAMPLE_RATE as usize]; 2];
     for (i, stem) in stems.iter().enumerate() {
-        let marked = emb.embed(stem, &key(i), PAYLOADS[i], 1.0, &mut |_, _| {}).unwrap();
+        let marked = emb.embed_at(stem, &key(i), PAYLOADS[i], 1.0, first_block, &mut |_, _| {}).unwrap();
         for (m, s) in mix.iter_mut().zip(&marked) {
             for (a, b) in m.iter_mut().zip(s) {
                 *a += 0.5 * b;
@@ -263,13 +269,43 @@ fn unmarked_audio_at_48k_yields_nothing_found_for_the_whole_render() {
     // 20 s: ten 2 s blocks on the grid (the resampler's delay is flushed at the end).
     assert_eq!(det["blocks_analysed"], json!(10));
     assert_eq!(det["readings"].as_array().unwrap().len(), 3 * KEYS.len(), "mix + 2 stems, every key");
-    if child.trained {
-        assert_eq!(det["found"], json!([]), "found a mark in unmarked audio");
-    } else {
-        // Random weights give each key a fixed bias pattern that is consistent from block to
-        // block, so the sign statistic is meaningless and a chance CRC match (≈ 4 % per key) can
-        // be "found": only trained, calibrated models can promise nothing here.
-        println!("plumbing models: found {} (not checked)", det["found"]);
+    // Whatever the models (even random weights, whose bias repeats in every block), the key's
+    // block masks leave nothing consistent to find.
+    assert_eq!(det["found"], json!([]), "found a mark in unmarked audio");
+}
+
+#[test]
+fn a_mix_later_on_the_timeline_is_read_with_its_blocks_timeline_masks() {
+    // The stems were marked in a session where the song starts at 14 s, grid block 7, so each
+    // block carries the mask of its timeline block; Detect plays the bounce from there. Its mix
+    // readings must be those of the file's blocks with indices 7, 8, … — not 0, 1, ….
+    let first_block = 7i64;
+    let child = Child::new();
+    let bundle = bundle("bundled", "cargo xtask bundle stemmark-plugin --release");
+    let mix = marked_mix_at(&child.models, first_block);
+    write_raw(&child.path("in.raw"), &mix);
+    child.run(json!({
+        "bundle": bundle, "rate": 44_100.0, "offline": true, "keys": ring(),
+        "sizes": {"seed": 3, "max": 2048}, "timeline": [[0, first_block * BLOCK as i64]],
+        "input": child.path("in.raw"), "output": child.path("out.raw"),
+    }));
+    let det = child.detect_json();
+    assert_eq!(det["complete"], json!(true), "{det:#}");
+    runtime::init(None, &[]).unwrap();
+    let mut detector = stemmark_models::detector::Detector::open(&child.models, Provider::Cpu).unwrap();
+    let cal = detector.calibration();
+    let mid: Vec<f32> = (0..mix[0].len()).map(|i| 0.5 * (mix[0][i] + mix[1][i])).collect();
+    for (i, (name, _)) in KEYS.iter().enumerate() {
+        let mut blocks = detector.grid_logits(&mid, 0, &key(i), usize::MAX).unwrap();
+        let at_zero = decision::decide(&blocks, &key(i), &cal, decision::GridIndex::Known);
+        blocks.iter_mut().for_each(|b| b.index += first_block);
+        let on_timeline = decision::decide(&blocks, &key(i), &cal, decision::GridIndex::Known);
+        let p = det["readings"].as_array().unwrap().iter().find(|r| r["path"] == "mix" && r["key"] == *name).unwrap();
+        let zp = p["z"].as_f64().unwrap();
+        println!("key {name}: plugin z {zp:.3}; file read from block {first_block} z {:.3}, from block 0 z {:.3}", on_timeline.z, at_zero.z);
+        assert!((zp - on_timeline.z).abs() <= 1e-3 * (1.0 + zp.abs()), "key {name}: {zp} vs {}", on_timeline.z);
+        assert_eq!(p["payload"], json!(on_timeline.payload));
+        assert_eq!(at_zero.verdict, decision::Verdict::NotFound, "key {name}: read at the wrong place the mark must vanish");
     }
 }
 
@@ -448,7 +484,12 @@ fn child_main(job_path: &Path) -> Result<()> {
         result["state"] = saved;
     }
     let t0 = std::time::Instant::now();
-    let run = clap_host::run(&mut instance, rate, &sizes, &input, calls)?;
+    let timeline: Vec<(usize, i64)> = job["timeline"]
+        .as_array()
+        .map(|t| t.iter().map(|p| (p[0].as_u64().unwrap_or(0) as usize, p[1].as_i64().unwrap_or(0))).collect())
+        .unwrap_or_default();
+    let script = clap_host::Script { timeline, automation: Vec::new() };
+    let run = clap_host::run_with_transport(&mut instance, rate, &sizes, &input, calls, &script)?;
     println!("processed {} calls in {:.2} s", run.calls, t0.elapsed().as_secs_f64());
     result["latency"] = json!(run.latency);
     result["calls"] = json!(run.calls);

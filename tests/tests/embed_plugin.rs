@@ -108,9 +108,14 @@ fn key() -> Key {
 
 /// Plugin output, latency-aligned, against `Embedder::embed` at 44.1 kHz.
 fn reference(models: &Path, input: &[Vec<f32>]) -> Vec<Vec<f32>> {
+    reference_at(models, input, 0)
+}
+
+/// `Embedder::embed_at`: audio whose first sample starts grid block `first_block`.
+fn reference_at(models: &Path, input: &[Vec<f32>], first_block: i64) -> Vec<Vec<f32>> {
     runtime::init(None, &[]).expect("ONNX Runtime (run `cargo xtask setup`)");
     let mut emb = Embedder::open(models, Provider::Cpu).unwrap();
-    emb.embed(input, &key(), PAYLOAD, 1.0, &mut |_, _| {})
+    emb.embed_at(input, &key(), PAYLOAD, 1.0, first_block, &mut |_, _| {})
         .unwrap()
 }
 
@@ -309,8 +314,8 @@ fn with_the_shipped_models_stemmark_detect_reads_the_payload_and_a_wrong_key_fin
 fn blocks_follow_the_transport_grid_across_a_seek() {
     // The transport starts at 1.3 s and jumps to 30.7 s (+123 samples) after 8 s of audio. Each
     // run must be marked exactly like `stemmark embed` marks a file that starts at the previous
-    // block boundary with silence up to the position: every stem and the master bus share the
-    // timeline grid.
+    // block boundary with silence up to the position, with that block's index on the grid (its
+    // mask): every stem and the master bus share the timeline grid.
     let bundle = bundle("bundled", "cargo xtask bundle stemmark-plugin --release");
     let child = Child::new();
     let input = music_44k(20);
@@ -332,7 +337,7 @@ fn blocks_follow_the_transport_grid_across_a_seek() {
             .iter()
             .map(|c| [vec![0.0; z], c.clone()].concat())
             .collect();
-        reference(&child.models, &padded)
+        reference_at(&child.models, &padded, pos.div_euclid(BLOCK as i64))
             .into_iter()
             .map(|c| c[z..].to_vec())
             .collect()
