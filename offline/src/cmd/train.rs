@@ -141,7 +141,10 @@ pub fn bench_table() -> Result<String> {
     Ok(out)
 }
 
+/// Median of three timed calls after one untimed warm-up (libtorch's first call allocates and
+/// picks kernels, which would otherwise make the first row look slow).
 fn median3(mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+    f()?;
     let mut t = Vec::new();
     for _ in 0..3 {
         let start = std::time::Instant::now();
