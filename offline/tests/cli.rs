@@ -244,4 +244,10 @@ fn calibrate_reads_unmarked_and_other_marked_items_and_leaves_the_manifest_on_dr
     assert!(r["calibration"]["null_std"].as_f64().unwrap() >= 1.0, "{r}");
     assert!(r["unmarked"]["found_upper_95"].as_f64().unwrap() > 0.0, "{r}");
     assert_eq!(std::fs::read(e.models.join("manifest.toml")).unwrap(), manifest, "--dry-run wrote the manifest");
+    // With the search of `stemmark detect`: the same readings, judged at the threshold for 16 shifts.
+    let o = e.run(&["--json", "calibrate", "--data", data.to_str().unwrap(), "--items", "2", "--keys", "3", "--dry-run", "--search"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let searched = json(&o);
+    assert_eq!(searched["readings"], 60, "{searched}");
+    assert!(searched["threshold"].as_f64().unwrap() > r["threshold"].as_f64().unwrap() + 0.5, "{searched} vs {r}");
 }

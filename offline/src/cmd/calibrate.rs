@@ -3,7 +3,9 @@
 //! (the theory assumes fair, independent blocks; a trained detector need not give that). Every
 //! (item, path, key) reading — each stem, the mix, and each separated stem, read with random keys
 //! on the known grid (one hypothesis; a shift search counts its hypotheses in the threshold) — is
-//! one sample of the null statistic, and the calibration is fitted to those.
+//! one sample of the null statistic, and the calibration is fitted to those. `--search` reads
+//! with the offset and shift search instead, to measure what that selection adds (a manifest
+//! written from it holds the searched null, conservative for known-grid reading).
 //!
 //! Two kinds of audio are read: the items unmarked, and the same items with both stems marked by
 //! two other keys — what a key ring meets on a master bus (other producers' marks). Both are null
@@ -16,7 +18,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, bail};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use stemmark_models::decision::Calibration;
+use stemmark_models::decision::{Calibration, GridIndex};
 use stemmark_models::detector::{Alignment, Detector};
 use stemmark_models::embedder::Embedder;
 use stemmark_models::payload::MAX_PAYLOAD;
@@ -47,6 +49,11 @@ pub struct Args {
     /// Only print the fit; leave the manifest as it is
     #[arg(long)]
     pub dry_run: bool,
+    /// Read with the offset and grid-shift search of `stemmark detect` without `--offset` (about
+    /// 4× slower): measures how much that search inflates the null (fitted as usual; Found
+    /// counted at the threshold for its 16 shifts)
+    #[arg(long)]
+    pub search: bool,
 }
 
 pub fn run(args: Args, opts: &ModelOpts, json: bool) -> Result<()> {
@@ -68,6 +75,8 @@ pub fn run(args: Args, opts: &ModelOpts, json: bool) -> Result<()> {
     let keys: Vec<Key> = (0..args.keys.max(1))
         .map(|i| Key::from_bytes(rand::Rng::random(&mut rng), format!("null-{i}")))
         .collect();
+    let (align, hypotheses) = if args.search { (Alignment::Search, GridIndex::Search) } else { (Alignment::Fixed(0), GridIndex::Known) };
+    let hypotheses = hypotheses.hypotheses();
     let pb = progress("calibrate");
     pb.set_length(items.len() as u64);
     // Null readings: of unmarked audio, and of marked audio with keys that did not mark it.
@@ -87,7 +96,7 @@ pub fn run(args: Args, opts: &ModelOpts, json: bool) -> Result<()> {
             .collect::<Result<_, _>>()?;
         for (is_marked, stems) in [(false, unmarked.to_vec()), (true, marked)] {
             for mid in paths(&mut sep, &stems)? {
-                for r in det.detect(&mid, &keys, Alignment::Fixed(0))? {
+                for r in det.detect(&mid, &keys, align)? {
                     if r.decision.blocks == 0 {
                         continue;
                     }
@@ -103,7 +112,7 @@ pub fn run(args: Args, opts: &ModelOpts, json: bool) -> Result<()> {
     let z: Vec<f64> = null.iter().chain(&other).map(|r| r.0).collect();
     let cal = Calibration::fit(&z, args.target_fpr).context("fewer than 10 readings: give more items")?;
     // Found under the fitted rule: a payload (check and bound) and the calibrated z over the threshold.
-    let found = |rs: &[(f64, bool)]| rs.iter().filter(|(zr, p)| *p && (zr - cal.null_mean) / cal.null_std >= cal.threshold(1)).count();
+    let found = |rs: &[(f64, bool)]| rs.iter().filter(|(zr, p)| *p && (zr - cal.null_mean) / cal.null_std >= cal.threshold(hypotheses)).count();
     let bound = |k: usize, n: usize| crate::eval::metrics::rate_upper_95(k as u64, n as u64);
     let summary = |rs: &[(f64, bool)]| {
         let n = rs.len().max(1) as f64;
@@ -117,7 +126,7 @@ pub fn run(args: Args, opts: &ModelOpts, json: bool) -> Result<()> {
     if json {
         println!(
             "{}",
-            serde_json::json!({"readings": z.len(), "calibration": cal, "threshold": cal.threshold(1),
+            serde_json::json!({"readings": z.len(), "calibration": cal, "threshold": cal.threshold(hypotheses),
                 "unmarked": unmarked, "other_marks": others})
         );
     } else {
@@ -126,7 +135,7 @@ pub fn run(args: Args, opts: &ModelOpts, json: bool) -> Result<()> {
             z.len(),
             cal.null_mean,
             cal.null_std,
-            cal.threshold(1),
+            cal.threshold(hypotheses),
             cal.target_fpr,
         );
         for (what, s) in [("unmarked audio", &unmarked), ("marked audio, keys that did not mark it", &others)] {
