@@ -214,14 +214,24 @@ fn sum<'a>(blocks: impl Iterator<Item = &'a [f32; MESSAGE_BITS]>) -> [f32; MESSA
 
 /// The blocks' logits with the masks of `key` taken off, for embedder index = reader's + `shift`.
 pub fn unmasked(blocks: &[GridBlock], key: &Key, shift: usize) -> Vec<GridBlock> {
-    let masks = key.block_masks();
     blocks
         .iter()
-        .map(|b| {
-            let mask = masks[(b.index + shift as i64).rem_euclid(MASK_PERIOD as i64) as usize];
-            GridBlock { index: b.index, logits: payload::unmask(&b.logits, mask) }
-        })
+        .map(|b| GridBlock { index: b.index, logits: payload::unmask(&b.logits, key.block_mask(b.index + shift as i64)) })
         .collect()
+}
+
+/// The shift (of those `grid` allows) whose unmasked blocks line up best: the shift, its
+/// uncalibrated [`class_z`] and those blocks. Ties go to the smallest shift.
+pub fn best_shift(blocks: &[GridBlock], key: &Key, grid: GridIndex) -> (usize, f64, Vec<GridBlock>) {
+    let mut best = (0, f64::NEG_INFINITY, Vec::new());
+    for shift in 0..grid.hypotheses() {
+        let u = unmasked(blocks, key, shift);
+        let z = class_z(&u);
+        if z > best.1 {
+            best = (shift, z, u);
+        }
+    }
+    best
 }
 
 /// Sign-consistency z across the mask cycle's residue classes (uncalibrated): the blocks of each
@@ -241,11 +251,8 @@ pub fn class_z(blocks: &[GridBlock]) -> f64 {
 /// Combines the detector's per-block logits for one key and decides.
 pub fn decide(blocks: &[GridBlock], key: &Key, cal: &Calibration, grid: GridIndex) -> Decision {
     let finite: Vec<GridBlock> = blocks.iter().filter(|b| b.finite()).copied().collect();
-    // The shift that lines the blocks up best (ties: the smallest).
-    let (grid_shift, raw_z) = (0..grid.hypotheses())
-        .map(|s| (s, class_z(&unmasked(&finite, key, s))))
-        .fold((0, f64::NEG_INFINITY), |best, (s, z)| if z > best.1 { (s, z) } else { best });
-    let logits: Vec<[f32; MESSAGE_BITS]> = unmasked(&finite, key, grid_shift).iter().map(|b| b.logits).collect();
+    let (grid_shift, raw_z, lined_up) = best_shift(&finite, key, grid);
+    let logits: Vec<[f32; MESSAGE_BITS]> = lined_up.iter().map(|b| b.logits).collect();
     let combined = sum(logits.iter());
     let word = payload::from_logits(&combined);
     let z = (raw_z - cal.null_mean) / cal.null_std;

@@ -12,7 +12,7 @@ use crate::keys::Key;
 use crate::manifest::Manifest;
 use crate::modelset::{self, ModelError};
 use crate::runtime::{Model, Provider, RuntimeError};
-use crate::spec::{BLOCK, HOP, KEY_DIM, MASK_PERIOD, MESSAGE_BITS};
+use crate::spec::{BLOCK, HOP, KEY_DIM, MESSAGE_BITS};
 
 /// Blocks quieter than this (RMS, dBFS) carry no usable mark and are left out of the decision.
 pub const SILENCE_DBFS: f32 = -70.0;
@@ -120,7 +120,7 @@ impl Detector {
     pub fn find_offset(&mut self, mid: &[f32], key: &Key) -> Result<usize, ModelError> {
         let score = |d: &mut Detector, off: usize| -> Result<f64, ModelError> {
             let blocks = d.grid_logits(mid, off, key, PROBE_BLOCKS)?;
-            Ok((0..MASK_PERIOD).map(|s| decision::class_z(&decision::unmasked(&blocks, key, s))).fold(f64::NEG_INFINITY, f64::max))
+            Ok(decision::best_shift(&blocks, key, GridIndex::Search).1)
         };
         let mut best = (f64::NEG_INFINITY, 0usize);
         for off in (0..BLOCK).step_by(COARSE_STEP).filter(|o| o + BLOCK <= mid.len()) {

@@ -44,6 +44,8 @@ pub enum KeyError {
 pub struct Key {
     bytes: [u8; KEY_BYTES],
     name: String,
+    /// Derived once: every block read or marked needs one.
+    masks: [u32; MASK_PERIOD],
 }
 
 impl std::fmt::Debug for Key {
@@ -62,7 +64,10 @@ struct KeyFile {
 
 impl Key {
     pub fn from_bytes(bytes: [u8; KEY_BYTES], name: impl Into<String>) -> Key {
-        Key { bytes, name: name.into() }
+        let mut key = Key { bytes, name: name.into(), masks: [0; MASK_PERIOD] };
+        let all: [u8; 4 * MASK_PERIOD] = key.derive("block masks");
+        key.masks = std::array::from_fn(|k| u32::from_le_bytes(all[4 * k..4 * k + 4].try_into().expect("4 bytes")));
+        key
     }
 
     /// A new random key from the operating system's generator.
@@ -134,13 +139,7 @@ impl Key {
     /// that did not make the mark reads it as some consistent word, and the detector's own bias on
     /// unmarked audio adds up. With it, only the marking key's masks line the blocks up again.
     pub fn block_mask(&self, index: i64) -> u32 {
-        self.block_masks()[index.rem_euclid(MASK_PERIOD as i64) as usize]
-    }
-
-    /// All [`MASK_PERIOD`] block masks, mask k for the blocks whose index is k mod the period.
-    pub fn block_masks(&self) -> [u32; MASK_PERIOD] {
-        let all: [u8; 4 * MASK_PERIOD] = self.derive("block masks");
-        std::array::from_fn(|k| u32::from_le_bytes(all[4 * k..4 * k + 4].try_into().expect("4 bytes")))
+        self.masks[index.rem_euclid(MASK_PERIOD as i64) as usize]
     }
 
     pub fn load(path: &Path) -> Result<Key, KeyError> {

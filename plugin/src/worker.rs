@@ -392,7 +392,7 @@ impl Worker {
         // timeline grid picks the key's block masks.
         let start44 = self.pos44(st, from) - self.latency.resampler_in as i64;
         let z = start44.rem_euclid(BLOCK as i64) as usize;
-        let first_block = (start44 - z as i64).div_euclid(BLOCK as i64);
+        let first_block = start44.div_euclid(BLOCK as i64);
         let built = (|| -> Result<Pipeline, String> {
             let stream = EmbedStream::new(ch, &key, st.settings.payload, st.settings.strength, first_block)
                 .map_err(|e| e.to_string())?;

@@ -116,11 +116,11 @@ pub fn run(args: Args, opts: &ModelOpts, json: bool) -> Result<()> {
     let bound = |k: usize, n: usize| crate::eval::metrics::rate_upper_95(k as u64, n as u64);
     let summary = |rs: &[(f64, bool)]| {
         let n = rs.len().max(1) as f64;
-        let mean = rs.iter().map(|r| r.0).sum::<f64>() / n;
-        let std = (rs.iter().map(|r| (r.0 - mean).powi(2)).sum::<f64>() / (n - 1.0).max(1.0)).sqrt();
-        let max = rs.iter().map(|r| r.0).fold(f64::NEG_INFINITY, f64::max);
-        let f = found(rs);
-        serde_json::json!({"readings": rs.len(), "mean_z": mean, "std_z": std, "max_z": max, "found": f, "found_upper_95": bound(f, rs.len())})
+        let mean_z = rs.iter().map(|r| r.0).sum::<f64>() / n;
+        let std_z = (rs.iter().map(|r| (r.0 - mean_z).powi(2)).sum::<f64>() / (n - 1.0).max(1.0)).sqrt();
+        let max_z = rs.iter().map(|r| r.0).fold(f64::NEG_INFINITY, f64::max);
+        let found = found(rs);
+        Summary { readings: rs.len(), mean_z, std_z, max_z, found, found_upper_95: bound(found, rs.len()) }
     };
     let (unmarked, others) = (summary(&null), summary(&other));
     if json {
@@ -141,8 +141,7 @@ pub fn run(args: Args, opts: &ModelOpts, json: bool) -> Result<()> {
         for (what, s) in [("unmarked audio", &unmarked), ("marked audio, keys that did not mark it", &others)] {
             println!(
                 "  {what}: {} readings, raw z mean {:.2}, std {:.2}, max {:.2}; reported as Found: {} (95 % bound {:.2e})",
-                s["readings"], s["mean_z"].as_f64().unwrap_or(f64::NAN), s["std_z"].as_f64().unwrap_or(f64::NAN),
-                s["max_z"].as_f64().unwrap_or(f64::NAN), s["found"], s["found_upper_95"].as_f64().unwrap_or(f64::NAN)
+                s.readings, s.mean_z, s.std_z, s.max_z, s.found, s.found_upper_95
             );
         }
     }
@@ -152,6 +151,17 @@ pub fn run(args: Args, opts: &ModelOpts, json: bool) -> Result<()> {
         eprintln!("calibration written to {}", dir.join(stemmark_models::manifest::FILE).display());
     }
     Ok(())
+}
+
+/// One kind of null reading, as printed and in `--json`.
+#[derive(serde::Serialize)]
+struct Summary {
+    readings: usize,
+    mean_z: f64,
+    std_z: f64,
+    max_z: f64,
+    found: usize,
+    found_upper_95: f64,
 }
 
 /// The mid channels a detection reads from two stems: each stem, their mix, each separated stem.
