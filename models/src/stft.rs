@@ -709,6 +709,7 @@ pub(crate) mod tests {
     fn window_is_periodic_hann() {
         let w = hann();
         assert_eq!(w.len(), N_FFT);
+        // Exact by design: 0.5 − 0.5·cos(0) is 0 in floating point.
         assert_eq!(w[0], 0.0);
         assert!((w[HALF] - 1.0).abs() < 1e-15);
         // Periodic: symmetric about N/2 (a symmetric Hann would be about (N−1)/2).

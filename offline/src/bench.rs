@@ -7,10 +7,19 @@ use stemmark_models::resample::{StreamResampler, resample_planar};
 use stemmark_models::spec::SAMPLE_RATE;
 use stemmark_models::stft::{Complex32, Stft, StreamingIstft, StreamingStft};
 
-/// Seconds of audio every task processes.
-const SECONDS: usize = 60;
-/// Timed repetitions per task; the median is reported.
-const REPEATS: usize = 5;
+/// How much audio every task processes and how often it is timed (the median is reported).
+#[derive(Debug, Clone, Copy)]
+pub struct Size {
+    pub seconds: usize,
+    pub repeats: usize,
+}
+
+impl Size {
+    /// What `stemmark bench` measures: 60 s of audio, median of 5.
+    pub const FULL: Size = Size { seconds: 60, repeats: 5 };
+    /// `stemmark bench --quick`: checks that every task runs; its timings are not worth quoting.
+    pub const QUICK: Size = Size { seconds: 2, repeats: 1 };
+}
 /// Host buffer sizes cycled through by the streaming tasks (hosts change size between calls).
 const HOST_CHUNKS: [usize; 8] = [512, 64, 1024, 333, 1, 0, 700, 128];
 /// Host rates whose round trip through the model rate is measured.
@@ -33,21 +42,21 @@ fn signal(len: usize, rate: u32, seed: u64) -> Vec<f32> {
         .collect()
 }
 
-fn stereo(rate: u32) -> [Vec<f32>; 2] {
-    let len = SECONDS * rate as usize;
+fn stereo(rate: u32, seconds: usize) -> [Vec<f32>; 2] {
+    let len = seconds * rate as usize;
     [signal(len, rate, 1), signal(len, rate, 2)]
 }
 
-/// Median wall time of `REPEATS` runs of `f`.
-fn median_secs(mut f: impl FnMut() -> anyhow::Result<()>) -> anyhow::Result<f64> {
-    let mut times = Vec::with_capacity(REPEATS);
-    for _ in 0..REPEATS {
+/// Median wall time of `repeats` runs of `f`.
+fn median_secs(repeats: usize, mut f: impl FnMut() -> anyhow::Result<()>) -> anyhow::Result<f64> {
+    let mut times = Vec::with_capacity(repeats);
+    for _ in 0..repeats.max(1) {
         let t = Instant::now();
         f()?;
         times.push(t.elapsed().as_secs_f64());
     }
     times.sort_by(f64::total_cmp);
-    Ok(times[REPEATS / 2])
+    Ok(times[times.len() / 2])
 }
 
 fn stft_whole(x: &[Vec<f32>; 2]) -> anyhow::Result<()> {
@@ -121,35 +130,35 @@ fn resample_streaming(x: &[Vec<f32>; 2], host: u32) -> anyhow::Result<()> {
 
 /// Measures the DSP front end and returns a Markdown table:
 /// task | audio seconds | wall seconds | × real time.
-pub fn dsp_table() -> anyhow::Result<String> {
+pub fn dsp_table(size: Size) -> anyhow::Result<String> {
     let mut rows: Vec<(String, f64)> = Vec::new();
-    let model = stereo(SAMPLE_RATE);
+    let model = stereo(SAMPLE_RATE, size.seconds);
     rows.push((
         "STFT + iSTFT, whole buffer, stereo 44.1 kHz".into(),
-        median_secs(|| stft_whole(&model))?,
+        median_secs(size.repeats, || stft_whole(&model))?,
     ));
     rows.push((
         "STFT → iSTFT, streaming (host-sized pushes), stereo 44.1 kHz".into(),
-        median_secs(|| stft_streaming(&model))?,
+        median_secs(size.repeats, || stft_streaming(&model))?,
     ));
     drop(model);
     for host in HOST_RATES {
-        let x = stereo(host);
+        let x = stereo(host, size.seconds);
         let k = host as f64 / 1000.0;
         rows.push((
             format!("resample {k} k → 44.1 k → {k} k, whole buffer, stereo"),
-            median_secs(|| resample_whole(&x, host))?,
+            median_secs(size.repeats, || resample_whole(&x, host))?,
         ));
         rows.push((
             format!("resample {k} k → 44.1 k → {k} k, streaming (host-sized pushes), stereo"),
-            median_secs(|| resample_streaming(&x, host))?,
+            median_secs(size.repeats, || resample_streaming(&x, host))?,
         ));
     }
     let mut table = String::from(
         "| task | audio seconds | wall seconds | × real time |\n|---|---:|---:|---:|\n",
     );
     for (task, wall) in rows {
-        let audio = SECONDS as f64;
+        let audio = size.seconds as f64;
         table.push_str(&format!(
             "| {task} | {audio:.0} | {wall:.4} | {:.0} |\n",
             audio / wall
@@ -167,7 +176,7 @@ mod tests {
     #[test]
     #[ignore = "benchmark; run in release"]
     fn print_dsp_table() {
-        println!("{}", super::dsp_table().unwrap());
+        println!("{}", super::dsp_table(super::Size::FULL).unwrap());
     }
 
     #[test]

@@ -37,6 +37,9 @@ enum Command {
     Bench {
         /// `train` for the training stages' step times (needs --features train)
         what: Option<String>,
+        /// A few seconds of audio, timed once: checks that every row runs (not for quoting)
+        #[arg(long)]
+        quick: bool,
     },
     /// Write the ONNX models and manifest from trained weights
     Export(cmd::export::Args),
@@ -67,15 +70,18 @@ fn main() {
         Command::Detect(a) => cmd::detect::run(a, &cli.models, json),
         Command::Mix(a) => cmd::mix::run(a, json).map(|_| 0),
         Command::Separate(a) => cmd::separate::run(a, &cli.models, json).map(|_| 0),
-        Command::Bench { what } => cmd::bench::run(&cli.models, what.as_deref()).map(|_| 0),
+        Command::Bench { what, quick } => cmd::bench::run(&cli.models, what.as_deref(), quick, json).map(|_| 0),
         Command::Export(a) => cmd::export::run(a, json).map(|_| 0),
         Command::Eval(a) => {
             // Without --set, the default model folder; a missing one is reported by eval itself.
             let default = cli.models.prepare().ok();
-            stemmark_offline::eval::run(a, cli.models.provider, default).map(|_| 0)
+            stemmark_offline::eval::run(a, cli.models.provider, default, json).map(|_| 0)
         }
         Command::Calibrate(a) => cmd::calibrate::run(a, &cli.models, json).map(|_| 0),
-        Command::Corpus(c) => stemmark_offline::corpus::run(c).map(|_| 0),
+        Command::Corpus(c) => stemmark_offline::corpus::run(c, json).map(|_| 0),
+        // Training reports through its run folder (metrics.jsonl, validation.jsonl), not stdout.
+        #[cfg(feature = "train")]
+        Command::Train(_) if json => Err(anyhow::anyhow!("`train` has no --json output: it writes metrics.jsonl and validation.jsonl in its run folder")),
         #[cfg(feature = "train")]
         Command::Train(s) => cmd::train::run(s).map(|_| 0),
     };

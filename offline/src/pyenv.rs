@@ -23,7 +23,7 @@ pub fn venv_python(venv: &str) -> Result<PathBuf> {
     let py = dir.join("bin").join("python");
     if !py.is_file() {
         eprintln!("creating the venv {}", dir.display());
-        let s = Command::new("python3").args(["-m", "venv"]).arg(&dir).status().context("cannot run python3")?;
+        let s = Command::new("python3").args(["-m", "venv"]).arg(&dir).stdout(std::io::stderr()).status().context("cannot run python3")?;
         if !s.success() || !py.is_file() {
             bail!("python3 -m venv {} failed (is python3-venv installed?)", dir.display());
         }

@@ -187,7 +187,7 @@ fn eval_quick_runs_end_to_end_on_a_folder_of_items() {
     audio::write_wav(&unmarked.join("a.wav"), &testkit::music_like(44_100, 4.5, 9)).unwrap();
     let out = e.p("report");
     let o = Command::new(env!("CARGO_BIN_EXE_stemmark"))
-        .args(["eval", "--quick", "--data"])
+        .args(["eval", "--json", "--quick", "--data"])
         .arg(&data)
         .arg("--set")
         .arg(&e.models)
@@ -199,6 +199,7 @@ fn eval_quick_runs_end_to_end_on_a_folder_of_items() {
         .unwrap();
     assert!(o.status.success(), "{}", text(&o));
     let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    assert_eq!(json(&o), r, "--json prints the report's JSON document on stdout, and nothing else");
     assert_eq!(r["items"], 2, "--quick takes two items");
     let set = &r["sets"][0];
     assert_eq!(set["blocks"], 4, "two items of two full blocks");
@@ -250,4 +251,23 @@ fn calibrate_reads_unmarked_and_other_marked_items_and_leaves_the_manifest_on_dr
     let searched = json(&o);
     assert_eq!(searched["readings"], 60, "{searched}");
     assert!(searched["threshold"].as_f64().unwrap() > r["threshold"].as_f64().unwrap() + 0.5, "{searched} vs {r}");
+}
+
+#[test]
+fn json_is_the_only_thing_on_stdout_for_bench_and_corpus() {
+    // (keygen, embed, mix, separate, detect, eval and calibrate are parsed in the tests above.)
+    let e = env();
+    let o = e.run(&["--json", "bench", "--quick"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let tables = json(&o)["tables"].as_array().cloned().unwrap();
+    assert_eq!(tables.len(), 2, "the DSP table and the model table");
+    let rows = tables[1]["rows"].as_array().unwrap();
+    assert!(!rows.is_empty() && rows.iter().all(|r| r["× real time"].as_f64().is_some_and(|x| x > 0.0)), "{rows:?}");
+    let manifest = concat!(env!("CARGO_MANIFEST_DIR"), "/corpus/manifest.json");
+    for args in [vec!["--json", "corpus", "stats", "--out", manifest], vec!["corpus", "stats", "--json", "--out", manifest]] {
+        let o = e.run(&args);
+        assert!(o.status.success(), "{}", text(&o));
+        let totals = json(&o)["totals"].as_array().cloned().unwrap();
+        assert!(totals.iter().any(|t| t["split"] == "validation" && t["clips"].as_u64().unwrap() > 0), "{totals:?}");
+    }
 }

@@ -185,7 +185,8 @@ fn streaming_embedding_equals_whole_buffer_and_keeps_its_latency() {
         let e2 = want[c].iter().zip(&whole[c]).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
         assert!(e1 < 1e-5 && e2 < 1e-5, "channel {c}: stream {e1}, whole {e2}");
     }
-    // a second file through the same (reset) stream gives the same result
+    // a second file through the same (reset) stream gives the same result (exact by design: the
+    // same calls, in the same shapes, on the same samples)
     let mut again = vec![Vec::new(), Vec::new()];
     stream.push(&mut emb, &[&x[0], &x[1]], &mut again).unwrap();
     stream.finish(&mut emb, &mut again).unwrap();
@@ -228,7 +229,11 @@ fn streaming_detection_on_the_grid_matches_file_detection() {
         assert_eq!(r.key, f.key);
         assert_eq!(r.decision.blocks, 2, "the silent block is left out");
         assert_eq!(r.decision.blocks, f.decision.blocks);
-        assert!((r.decision.z - f.decision.z).abs() < 1e-9, "{} vs {}", r.decision.z, f.decision.z);
+        // The stream runs the detector one block at a time, the file path in batches; ONNX Runtime's
+        // f32 kernels may round a block differently by batch shape and CPU (~1e-6 relative), so z
+        // agrees to 1e-4 of its size, not bit for bit.
+        let tol = 1e-4 * f.decision.z.abs().max(1.0);
+        assert!((r.decision.z - f.decision.z).abs() < tol, "{} vs {}", r.decision.z, f.decision.z);
         assert_eq!(r.decision.payload, f.decision.payload);
         assert_eq!(r.blocks.len(), 3);
         use stemmark_models::detect_stream::BlockState;

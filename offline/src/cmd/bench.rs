@@ -13,31 +13,81 @@ use stemmark_models::spec::{BLOCK, SAMPLE_RATE};
 
 use super::ModelOpts;
 
-/// Seconds of audio the model rows process.
+/// Seconds of audio the model rows process (with `--quick`: two blocks).
 const MODEL_SECONDS: usize = 20;
+const QUICK_MODEL_SECONDS: usize = 4;
 
-pub fn run(opts: &ModelOpts, what: Option<&str>) -> Result<()> {
+/// Prints the tables as Markdown, or with `json` as one JSON document: `{"tables": [...]}`, each
+/// table a list of rows keyed by its column names (notes under a table become `"notes"`).
+pub fn run(opts: &ModelOpts, what: Option<&str>, quick: bool, json: bool) -> Result<()> {
+    let mut tables = Vec::new();
     match what {
         None => {}
         #[cfg(feature = "train")]
         Some("train") => {
-            println!("{}", super::train::bench_table()?);
-            return Ok(());
+            anyhow::ensure!(!quick, "--quick shortens the DSP and model tables; `bench train` has no quick form");
+            tables.push(super::train::bench_table()?);
+            return print(&tables, json);
         }
         #[cfg(not(feature = "train"))]
         Some("train") => anyhow::bail!("`bench train` needs a build with --features train (it links libtorch)"),
         Some(other) => anyhow::bail!("unknown benchmark {other:?} (nothing, or `train`)"),
     }
-    println!("{}", crate::bench::dsp_table()?);
+    let (size, model_seconds) = if quick {
+        (crate::bench::Size::QUICK, QUICK_MODEL_SECONDS)
+    } else {
+        (crate::bench::Size::FULL, MODEL_SECONDS)
+    };
+    tables.push(crate::bench::dsp_table(size)?);
     match opts.prepare() {
-        Ok(dir) => println!("{}", model_table(&dir, opts)?),
-        Err(e) => println!("(model rows skipped: {e:#})"),
+        Ok(dir) => tables.push(model_table(&dir, opts, model_seconds)?),
+        Err(e) => tables.push(format!("(model rows skipped: {e:#})")),
+    }
+    if quick {
+        tables.iter_mut().for_each(|t| t.push_str("\n(--quick: a few seconds timed once; these timings are not worth quoting)\n"));
+    }
+    print(&tables, json)
+}
+
+fn print(tables: &[String], json: bool) -> Result<()> {
+    if json {
+        let doc = serde_json::json!({ "tables": tables.iter().map(|t| markdown_table_json(t)).collect::<Vec<_>>() });
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+    } else {
+        tables.iter().for_each(|t| println!("{t}"));
     }
     Ok(())
 }
 
-fn model_table(dir: &std::path::Path, opts: &ModelOpts) -> Result<String> {
-    let n = MODEL_SECONDS * SAMPLE_RATE as usize;
+/// A Markdown table (as the bench functions write them) as JSON: `{"rows": [{column: cell}], "notes":
+/// [lines that are not table rows]}`. Cells that parse as numbers become numbers.
+pub fn markdown_table_json(md: &str) -> serde_json::Value {
+    let cells = |line: &str| line.trim().trim_matches('|').split('|').map(|c| c.trim().to_string()).collect::<Vec<_>>();
+    let mut header: Option<Vec<String>> = None;
+    let (mut rows, mut notes) = (Vec::new(), Vec::new());
+    for line in md.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        if !line.starts_with('|') {
+            notes.push(serde_json::Value::from(line));
+        } else if header.is_none() {
+            header = Some(cells(line));
+        } else if !line.contains("---") {
+            let row: serde_json::Map<String, serde_json::Value> = header
+                .iter()
+                .flatten()
+                .zip(cells(line))
+                .map(|(h, c)| {
+                    let v = c.parse::<f64>().map_or_else(|_| serde_json::Value::from(c.clone()), serde_json::Value::from);
+                    (h.clone(), v)
+                })
+                .collect();
+            rows.push(serde_json::Value::Object(row));
+        }
+    }
+    serde_json::json!({ "rows": rows, "notes": notes })
+}
+
+fn model_table(dir: &std::path::Path, opts: &ModelOpts, seconds: usize) -> Result<String> {
+    let n = seconds * SAMPLE_RATE as usize;
     // A deterministic broadband test signal: sum of detuned sines plus a little noise.
     let x: Vec<f32> = (0..n)
         .map(|i| {
@@ -92,7 +142,7 @@ fn model_table(dir: &std::path::Path, opts: &ModelOpts) -> Result<String> {
         dir.display()
     );
     for (name, secs) in rows {
-        out += &format!("| {name} | {MODEL_SECONDS} | {secs:.3} | {:.1} |\n", MODEL_SECONDS as f64 / secs);
+        out += &format!("| {name} | {seconds} | {secs:.3} | {:.1} |\n", seconds as f64 / secs);
     }
     Ok(out)
 }

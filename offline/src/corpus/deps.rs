@@ -50,7 +50,8 @@ pub fn ensure(packages: &[&str], install: bool) -> Vec<String> {
             if !root {
                 c.args(["-n", "apt-get"]);
             }
-            c.args(args).env("DEBIAN_FRONTEND", "noninteractive").status().map(|s| s.success()).unwrap_or(false)
+            // The tool's chatter goes to stderr: stdout is for the command's own result (--json).
+            c.args(args).env("DEBIAN_FRONTEND", "noninteractive").stdout(std::io::stderr()).status().map(|s| s.success()).unwrap_or(false)
         };
         if !apt(&["update"]) {
             eprintln!("warning: apt-get update failed");
@@ -94,13 +95,14 @@ pub fn music21_python(deps: &Path, install: bool) -> Result<PathBuf> {
     }
     eprintln!("installing music21=={MUSIC21_VERSION} into {}", venv.display());
     if !py.exists() {
-        let s = Command::new("python3").args(["-m", "venv"]).arg(&venv).status().context("cannot run python3")?;
+        let s = Command::new("python3").args(["-m", "venv"]).arg(&venv).stdout(std::io::stderr()).status().context("cannot run python3")?;
         if !s.success() {
             bail!("python3 -m venv {} failed (is python3-venv installed?)", venv.display());
         }
     }
     let s = Command::new(&py)
         .args(["-m", "pip", "install", "--quiet", &format!("music21=={MUSIC21_VERSION}")])
+        .stdout(std::io::stderr())
         .status()
         .context("cannot run pip")?;
     if !s.success() || !ok(&py) {

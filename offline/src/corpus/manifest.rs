@@ -165,6 +165,18 @@ impl Manifest {
         t
     }
 
+    /// [`Self::totals`] as a JSON list of `{scenario, stem, split, hours, clips}`.
+    pub fn totals_json(&self) -> serde_json::Value {
+        let rows: Vec<serde_json::Value> = self
+            .totals()
+            .into_iter()
+            .map(|((scenario, role, split), (hours, clips))| {
+                serde_json::json!({ "scenario": scenario, "stem": role, "split": split, "hours": hours, "clips": clips })
+            })
+            .collect();
+        serde_json::Value::Array(rows)
+    }
+
     pub fn totals_table(&self) -> String {
         let mut s = format!("{:<20} {:<7} {:<10} {:>8} {:>7}\n", "scenario", "stem", "split", "hours", "clips");
         for ((sc, role, split), (h, n)) in self.totals() {

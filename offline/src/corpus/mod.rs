@@ -78,10 +78,20 @@ pub struct BuildArgs {
     pub only: Vec<String>,
 }
 
-pub fn run(cmd: CorpusCommand) -> Result<()> {
+/// Runs a corpus command; with `json`, stdout holds one JSON document (totals, and for a build
+/// the items that failed) instead of the text table.
+pub fn run(cmd: CorpusCommand, json: bool) -> Result<()> {
+    let print = |m: &Manifest, failed: Option<&[String]>| -> Result<()> {
+        let doc = serde_json::json!({ "totals": m.totals_json(), "failed": failed });
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+        Ok(())
+    };
     match cmd {
         CorpusCommand::Build(args) => {
             let report = build(&args)?;
+            if json {
+                return print(&report.manifest, Some(&report.failed));
+            }
             println!("{}", report.manifest.totals_table());
             if !report.failed.is_empty() {
                 println!("{} item(s) failed and will be retried on the next run:", report.failed.len());
@@ -98,12 +108,18 @@ pub fn run(cmd: CorpusCommand) -> Result<()> {
             if let Some(p) = manifest {
                 m.save(&p)?;
             }
+            if json {
+                return print(&m, None);
+            }
             println!("{}", m.totals_table());
             Ok(())
         }
         CorpusCommand::Stats { out } => {
             let path = if out.is_dir() { out.join("manifest.json") } else { out };
             let m = Manifest::load(&path)?;
+            if json {
+                return print(&m, None);
+            }
             println!("{}", m.totals_table());
             Ok(())
         }

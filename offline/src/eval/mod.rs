@@ -101,7 +101,9 @@ impl BitCount {
     }
 }
 
-pub fn run(args: Args, provider: Provider, default_models: Option<PathBuf>) -> Result<()> {
+/// Runs the evaluation; the report goes to `args.out` and to stdout (Markdown, or with `json`
+/// the report's JSON document and nothing else).
+pub fn run(args: Args, provider: Provider, default_models: Option<PathBuf>, json: bool) -> Result<()> {
     let sets = if args.sets.is_empty() {
         vec![default_models.context("no model set: pass --set DIR (or ship models in models/)")?]
     } else {
@@ -167,11 +169,17 @@ pub fn run(args: Args, provider: Provider, default_models: Option<PathBuf>) -> R
         Ok(made) => report.notes.push(format!("plots: {made}")),
         Err(e) => report.notes.push(format!("plots skipped: {e:#}")),
     }
-    std::fs::write(args.out.join("report.json"), serde_json::to_string_pretty(&report)?)?;
+    let doc = serde_json::to_string_pretty(&report)?;
+    std::fs::write(args.out.join("report.json"), &doc)?;
     let md = report.markdown();
     std::fs::write(args.out.join("report.md"), &md)?;
-    println!("{md}");
-    println!("(written to {})", args.out.display());
+    if json {
+        println!("{doc}");
+        eprintln!("(written to {})", args.out.display());
+    } else {
+        println!("{md}");
+        println!("(written to {})", args.out.display());
+    }
     Ok(())
 }
 

@@ -773,6 +773,7 @@ mod tests {
         let x = Tensor::zeros([1, L], (Kind::Float, CPU));
         let _ = x.get(0).get(1000).fill_(1.0);
         let y = echo(&x, 0.1, 0.3)?;
+        // Exact by design: the echo is a plain sum, and nothing delayed has arrived at sample 1000.
         assert_eq!(y.double_value(&[0, 1000]), 1.0);
         assert!((y.double_value(&[0, 1000 + 4410]) - 0.3).abs() < 1e-6);
         assert!((val(&y.abs().sum(Kind::Float)) - 1.3).abs() < 1e-5);
@@ -784,7 +785,10 @@ mod tests {
         let x = Tensor::zeros([1, L], (Kind::Float, CPU));
         let _ = x.get(0).get(100).fill_(1.0);
         let y = reverb(&x, 0.5, 0.4, 6)?;
-        assert_eq!(y.double_value(&[0, 100]), 1.0);
+        // The dry impulse is kept. The dry path goes through libtorch's convolution, whose rounding
+        // depends on the CPU's kernels (0.99999994 on some machines), so this is a tolerance.
+        let dry = y.double_value(&[0, 100]);
+        assert!((dry - 1.0).abs() < 1e-5, "dry impulse {dry}");
         let seg = |a: f64, b: f64| {
             val(&dsp::power(&y.narrow(
                 1,
@@ -910,6 +914,7 @@ mod tests {
         let (b, pb) = run(1, FamilyMask::ALL)?;
         assert_eq!(a.size(), x.size());
         assert_eq!(pa, pb);
+        // Exact by design: a replay runs the same kernels on the same numbers in one process.
         assert_eq!(val(&(&a - &b).abs().max()), 0.0);
         for fam in [Family::BasicNoise, Family::Filter, Family::TimePitch] {
             let (y, ps) = run(2, FamilyMask::of(fam))?;
@@ -924,6 +929,7 @@ mod tests {
             [2, 2, L]
         );
         let (same, none) = run(3, FamilyMask::NONE)?;
+        // Exact by design: with no family allowed, the input passes through untouched.
         assert!(none.is_empty() && val(&(same - &x).abs().max()) == 0.0);
         Ok(())
     }
