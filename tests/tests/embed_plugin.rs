@@ -216,11 +216,11 @@ fn at_44k_latency_is_reported_exactly_and_output_equals_stemmark_embed() {
 }
 
 #[test]
-fn at_48k_output_is_delayed_and_close_to_the_44k_path() {
+fn at_48k_output_is_delayed_and_matches_the_file_path() {
     let bundle = bundle("bundled", "cargo xtask bundle stemmark-plugin --release");
     let child = Child::new();
-    let in44 = music_44k(20);
-    let in48 = stemmark_models::resample::resample_planar(&in44, 44_100, 48_000).unwrap();
+    let source = music_44k(20);
+    let in48 = stemmark_models::resample::resample_planar(&source, 44_100, 48_000).unwrap();
     write_raw(&child.path("in.raw"), &in48);
     let result = child.run(json!({
         "bundle": bundle, "rate": 48_000.0, "offline": true,
@@ -238,9 +238,11 @@ fn at_48k_output_is_delayed_and_close_to_the_44k_path() {
     let lag = best_lag(&in48[0], &out[0], latency - 3, latency + 3);
     assert_eq!(lag, latency, "cross-correlation peaks at {lag}");
 
-    // The same chain done on whole files: resample to 44.1 kHz, embed, resample back.
-    let marked44 = reference(&child.models, &in44);
-    let ref48 = stemmark_models::resample::resample_planar(&marked44, 44_100, 48_000).unwrap();
+    // What `stemmark embed` does with the same 48 kHz file: the whole file to 44.1 kHz, embed,
+    // back to 48 kHz. (Not the 44.1 kHz source marked and resampled once: the plugin marks the
+    // source after a 44.1 → 48 → 44.1 kHz round trip, which is different audio to the embedder.)
+    let file44 = stemmark_models::resample::resample_planar(&in48, 48_000, 44_100).unwrap();
+    let ref48 = stemmark_models::resample::resample_planar(&reference(&child.models, &file44), 44_100, 48_000).unwrap();
     let len = in48[0].len();
     let (a, b) = (4_800, len - 4_800);
     for c in 0..2 {
@@ -254,16 +256,32 @@ fn at_48k_output_is_delayed_and_close_to_the_44k_path() {
         let energy: f64 = ref_mark.iter().map(|y| (*y as f64).powi(2)).sum();
         let rel = (err / energy).sqrt();
         let (d, at) = max_abs_diff(&out[c][a + latency..b + latency], &ref48[c][a..b]);
+        // Where they differ, 2 s (96 000 samples at 48 kHz) at a time: a seam or one block stands
+        // out, rounding does not.
+        let per_block: Vec<String> = plugin_mark
+            .chunks(96_000)
+            .zip(ref_mark.chunks(96_000))
+            .map(|(p, r)| {
+                let e: f64 = p.iter().zip(r).map(|(x, y)| ((x - y) as f64).powi(2)).sum();
+                let m: f64 = r.iter().map(|y| (*y as f64).powi(2)).sum();
+                format!("{:.1e}", (e / m.max(1e-30)).sqrt())
+            })
+            .collect();
         println!(
-            "channel {c}: 48 kHz plugin vs 44.1 kHz path: max diff {d:.2e} at {at}, mark error {rel:.2e} of the mark"
+            "channel {c}: 48 kHz plugin vs the file path: max diff {d:.2e} at {at}, mark error {rel:.2e} of the mark (per 2 s: {})",
+            per_block.join(" ")
         );
+        // Measured on the development machine: mark error 1.2e-5, max diff 1.5e-7 (rounding of the
+        // resamplers' FFTs and ONNX Runtime's kernels); the bounds leave ~800× for other CPUs.
+        let job = &result["jobs"][0];
         assert!(
             rel < 0.01,
-            "channel {c}: the 48 kHz mark differs from the 44.1 kHz path by {rel:.3} of its size"
+            "channel {c}: the 48 kHz mark differs from the file path by {rel:.3} of its size (per 2 s: {}; job {job})",
+            per_block.join(" ")
         );
         assert!(
             d < 1e-4,
-            "channel {c}: the 48 kHz output differs from the 44.1 kHz path by {d} at {at}"
+            "channel {c}: the 48 kHz output differs from the file path by {d} at {at} (job {job})"
         );
     }
 }
