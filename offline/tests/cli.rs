@@ -255,7 +255,8 @@ fn calibrate_reads_unmarked_and_other_marked_items_and_leaves_the_manifest_on_dr
 
 #[test]
 fn json_is_the_only_thing_on_stdout_for_bench_and_corpus() {
-    // (keygen, embed, mix, separate, detect, eval and calibrate are parsed in the tests above.)
+    // (keygen, embed, mix, separate, detect, eval and calibrate are parsed in the tests above,
+    // export in the one below.)
     let e = env();
     let o = e.run(&["--json", "bench", "--quick"]);
     assert!(o.status.success(), "{}", text(&o));
@@ -269,5 +270,40 @@ fn json_is_the_only_thing_on_stdout_for_bench_and_corpus() {
         assert!(o.status.success(), "{}", text(&o));
         let totals = json(&o)["totals"].as_array().cloned().unwrap();
         assert!(totals.iter().any(|t| t["split"] == "validation" && t["clips"].as_u64().unwrap() > 0), "{totals:?}");
+    }
+}
+
+#[test]
+fn export_json_names_what_it_wrote() {
+    use stemmark_offline::train::nets::NetConfig;
+    // A checkpoint of the tiny nets with small deterministic weights: the export builds graphs
+    // from any weights with the config's names and shapes (no libtorch needed to make them).
+    let e = env();
+    let ckpt = e.p("checkpoint");
+    std::fs::create_dir_all(&ckpt).unwrap();
+    let cfg = NetConfig::tiny();
+    cfg.save(&ckpt.join("nets.toml")).unwrap();
+    let data: Vec<(String, Vec<usize>, Vec<u8>)> = cfg
+        .weight_shapes()
+        .into_iter()
+        .enumerate()
+        .map(|(k, (name, shape))| {
+            let n: usize = shape.iter().product();
+            let bytes = (0..n).flat_map(|i| (((i * 7 + k) % 13) as f32 * 0.01 - 0.06).to_le_bytes()).collect();
+            (name, shape, bytes)
+        })
+        .collect();
+    let views = data
+        .iter()
+        .map(|(name, shape, bytes)| (name.as_str(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), bytes).unwrap()));
+    safetensors::serialize_to_file(views, None, &ckpt.join("nets.safetensors")).unwrap();
+    let out = e.p("exported");
+    let o = e.run(&["--json", "export", ckpt.to_str().unwrap(), "-o", out.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    let r = json(&o);
+    assert_eq!(r["out"], out.to_str().unwrap(), "{r}");
+    assert_eq!(r["weights"], ckpt.join("nets.safetensors").to_str().unwrap(), "{r}");
+    for f in ["embedder.onnx", "detector.onnx", "separator.onnx", "manifest.toml"] {
+        assert!(out.join(f).is_file(), "{f} missing from {:?}", only_file(&out));
     }
 }
