@@ -10,15 +10,18 @@ use stemmark_models::stft::{Complex32, Stft, StreamingIstft, StreamingStft};
 /// How much audio every task processes and how often it is timed (the median is reported).
 #[derive(Debug, Clone, Copy)]
 pub struct Size {
+    /// Seconds of audio per DSP task.
     pub seconds: usize,
     pub repeats: usize,
+    /// Seconds of audio the model rows process (timed once).
+    pub model_seconds: usize,
 }
 
 impl Size {
-    /// What `stemmark bench` measures: 60 s of audio, median of 5.
-    pub const FULL: Size = Size { seconds: 60, repeats: 5 };
+    /// What `stemmark bench` measures: 60 s of audio, median of 5; 20 s through the models.
+    pub const FULL: Size = Size { seconds: 60, repeats: 5, model_seconds: 20 };
     /// `stemmark bench --quick`: checks that every task runs; its timings are not worth quoting.
-    pub const QUICK: Size = Size { seconds: 2, repeats: 1 };
+    pub const QUICK: Size = Size { seconds: 2, repeats: 1, model_seconds: 4 };
 }
 /// Host buffer sizes cycled through by the streaming tasks (hosts change size between calls).
 const HOST_CHUNKS: [usize; 8] = [512, 64, 1024, 333, 1, 0, 700, 128];

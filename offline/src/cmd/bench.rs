@@ -13,10 +13,6 @@ use stemmark_models::spec::{BLOCK, SAMPLE_RATE};
 
 use super::ModelOpts;
 
-/// Seconds of audio the model rows process (with `--quick`: two blocks).
-const MODEL_SECONDS: usize = 20;
-const QUICK_MODEL_SECONDS: usize = 4;
-
 /// Prints the tables as Markdown, or with `json` as one JSON document: `{"tables": [...]}`, each
 /// table a list of rows keyed by its column names (notes under a table become `"notes"`).
 pub fn run(opts: &ModelOpts, what: Option<&str>, quick: bool, json: bool) -> Result<()> {
@@ -33,14 +29,10 @@ pub fn run(opts: &ModelOpts, what: Option<&str>, quick: bool, json: bool) -> Res
         Some("train") => anyhow::bail!("`bench train` needs a build with --features train (it links libtorch)"),
         Some(other) => anyhow::bail!("unknown benchmark {other:?} (nothing, or `train`)"),
     }
-    let (size, model_seconds) = if quick {
-        (crate::bench::Size::QUICK, QUICK_MODEL_SECONDS)
-    } else {
-        (crate::bench::Size::FULL, MODEL_SECONDS)
-    };
+    let size = if quick { crate::bench::Size::QUICK } else { crate::bench::Size::FULL };
     tables.push(crate::bench::dsp_table(size)?);
     match opts.prepare() {
-        Ok(dir) => tables.push(model_table(&dir, opts, model_seconds)?),
+        Ok(dir) => tables.push(model_table(&dir, opts, size.model_seconds)?),
         Err(e) => tables.push(format!("(model rows skipped: {e:#})")),
     }
     if quick {
