@@ -116,6 +116,11 @@ impl Key {
         out
     }
 
+    /// Seed of the tile channel's keyed patterns (unit allocation, signs, per-block scramble).
+    pub(crate) fn pattern_seed(&self) -> [u8; 32] {
+        self.derive("tile channel patterns")
+    }
+
     /// A short public identifier (8 hex digits) safe to show and store.
     pub fn fingerprint(&self) -> String {
         hex::encode(self.derive::<4>("fingerprint"))

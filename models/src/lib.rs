@@ -16,3 +16,4 @@ pub mod embed_stream;
 pub mod detector;
 pub mod detect_stream;
 pub mod separator;
+pub mod tile;

@@ -65,6 +65,34 @@ impl SignalSpec {
     };
 }
 
+/// The tile channel's geometry (the design is described in [`crate::tile`]). The mark
+/// lives on the STFT magnitude in bins `TILE_BAND` (0.52–12.0 kHz): below it the host's energy is
+/// large and separators and codecs treat it roughly, above it Spleeter zeroes everything and MP3
+/// thins it out.
+pub const TILE_BAND: std::ops::Range<usize> = 12..279;
+/// A tile is this many frames (11 ms) …
+pub const TILE_FRAMES: usize = 2;
+/// … by this many bins (129 Hz). Smaller tiles read better after resynthesis, single frames lose
+/// half the signal to the window's smear.
+pub const TILE_BINS: usize = 3;
+/// Tile columns (time) per block.
+pub const TILE_COLS: usize = FRAMES_PER_BLOCK / TILE_FRAMES;
+/// Tile rows (frequency), lowest first.
+pub const TILE_ROWS: usize = (TILE_BAND.end - TILE_BAND.start) / TILE_BINS;
+/// A unit is two time-adjacent tiles of one row with opposite signs (a patchwork pair); unit
+/// `u = j·TILE_ROWS + r` covers tiles `(2j, r)` and `(2j + 1, r)`.
+pub const TILE_UNITS: usize = TILE_COLS / 2 * TILE_ROWS;
+/// The detector's rows fall into this many band groups (equal row counts) …
+pub const CELL_BAND_GROUPS: usize = 6;
+/// … and its units into level classes split at these levels (ln units, the unit's level relative
+/// to its row's median): quiet, typical, loud.
+pub const CELL_LEVEL_EDGES: [f64; 2] = [0.0, 1.0];
+/// Cells of the detector's partial sums: band group × level class.
+pub const CELLS: usize = CELL_BAND_GROUPS * (CELL_LEVEL_EDGES.len() + 1);
+
+const _: () = assert!(FRAMES_PER_BLOCK.is_multiple_of(2 * TILE_FRAMES), "units must tile a block's columns");
+const _: () = assert!((TILE_BAND.end - TILE_BAND.start).is_multiple_of(TILE_BINS), "rows must tile the band");
+
 /// Seconds → samples at the model rate.
 pub fn seconds(s: f64) -> usize {
     (s * SAMPLE_RATE as f64).round() as usize
