@@ -1,7 +1,9 @@
 //! The ONNX model contracts: file names, input/output names and shapes. Export writes models to
 //! these contracts and the runtime checks every loaded model against them.
 
-use crate::spec::{BINS, BLOCK, KEY_DIM, MESSAGE_BITS, STEM_NAMES};
+use crate::spec::{
+    BINS, BLOCK, CELLS, FRAMES_PER_BLOCK, KEY_DIM, MESSAGE_BITS, STEM_NAMES, TILE_ROWS, TILE_UNITS, TILE_UNIT_COLS,
+};
 
 /// One axis of a tensor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,6 +50,36 @@ pub const DETECTOR: Contract = Contract {
         TensorSpec { name: "key", dims: &[D("batch"), F(KEY_DIM)] },
     ],
     outputs: &[TensorSpec { name: "logits", dims: &[D("batch"), F(MESSAGE_BITS)] }],
+};
+
+/// Contract v2, the tile channel's embedder (`crate::tile`): one block's mask from its mid
+/// magnitude and the key's pattern for the block, every unit's first-tile sign × its message bit
+/// (`Patterns::embed_pattern`, `[TILE_UNIT_COLS, TILE_ROWS]` = unit j·ROWS + r). The CLI and the
+/// plugins still run v1; they move to v2 together.
+pub const TILE_EMBEDDER: Contract = Contract {
+    role: "embedder",
+    file: "embedder.onnx",
+    inputs: &[
+        TensorSpec { name: "magnitude", dims: &[D("batch"), F(BINS), F(FRAMES_PER_BLOCK)] },
+        TensorSpec { name: "pattern", dims: &[D("batch"), F(TILE_UNIT_COLS), F(TILE_ROWS)] },
+    ],
+    outputs: &[TensorSpec { name: "mask", dims: &[D("batch"), F(BINS), F(FRAMES_PER_BLOCK)] }],
+};
+
+/// Contract v2, the tile channel's detector: one block's per-cell sums S and null variances V
+/// per bit (`tile::CellSums`) from its mid magnitude (the block's own STFT) and the key's
+/// allocation for the block (`Patterns::detect_allocation`: a unit's sign in its bit's row).
+pub const TILE_DETECTOR: Contract = Contract {
+    role: "detector",
+    file: "detector.onnx",
+    inputs: &[
+        TensorSpec { name: "magnitude", dims: &[D("batch"), F(BINS), F(FRAMES_PER_BLOCK)] },
+        TensorSpec { name: "allocation", dims: &[D("batch"), F(MESSAGE_BITS), F(TILE_UNITS)] },
+    ],
+    outputs: &[
+        TensorSpec { name: "sums", dims: &[D("batch"), F(MESSAGE_BITS), F(CELLS)] },
+        TensorSpec { name: "variances", dims: &[D("batch"), F(MESSAGE_BITS), F(CELLS)] },
+    ],
 };
 
 pub const SEPARATOR: Contract = Contract {

@@ -80,8 +80,10 @@ pub const TILE_COLS: usize = FRAMES_PER_BLOCK / TILE_FRAMES;
 /// Tile rows (frequency), lowest first.
 pub const TILE_ROWS: usize = (TILE_BAND.end - TILE_BAND.start) / TILE_BINS;
 /// A unit is two time-adjacent tiles of one row with opposite signs (a patchwork pair); unit
-/// `u = j·TILE_ROWS + r` covers tiles `(2j, r)` and `(2j + 1, r)`.
-pub const TILE_UNITS: usize = TILE_COLS / 2 * TILE_ROWS;
+/// `u = j·TILE_ROWS + r` covers tiles `(2j, r)` and `(2j + 1, r)`. Unit columns per block:
+pub const TILE_UNIT_COLS: usize = TILE_COLS / 2;
+/// Units per block.
+pub const TILE_UNITS: usize = TILE_UNIT_COLS * TILE_ROWS;
 /// The detector's rows fall into this many band groups (equal row counts) …
 pub const CELL_BAND_GROUPS: usize = 6;
 /// … and its units into level classes split at these levels (ln units, the unit's level relative

@@ -31,6 +31,7 @@ pub mod combine;
 pub mod detect;
 pub mod embed;
 pub mod feature;
+pub mod models;
 pub mod patterns;
 pub mod reference;
 
@@ -39,6 +40,7 @@ mod parity;
 
 pub use combine::{block_logits, rank1_weights};
 pub use detect::{BlockFeature, CellSums};
+pub use models::{TileDetectorModel, TileEmbedderModel};
 pub use patterns::Patterns;
 
 /// The channel's constants: the values measured best by the prototype. A training run may learn
@@ -119,8 +121,7 @@ pub(crate) fn median(v: &mut [f64]) -> f64 {
     0.5 * (lo + hi)
 }
 
-#[cfg(test)]
-pub(crate) mod testsignal;
+pub mod testsignal;
 
 #[cfg(test)]
 mod tests {

@@ -16,10 +16,7 @@ use rand_chacha::ChaCha20Rng;
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 
 use crate::keys::Key;
-use crate::spec::{MASK_PERIOD, MESSAGE_BITS, TILE_COLS, TILE_ROWS, TILE_UNITS};
-
-/// Unit columns per block (a unit spans two tile columns).
-pub const UNIT_COLS: usize = TILE_COLS / 2;
+use crate::spec::{MASK_PERIOD, MESSAGE_BITS, TILE_ROWS, TILE_UNIT_COLS, TILE_UNITS};
 
 /// A key's patterns, expanded once and shared by every block.
 #[derive(Clone, PartialEq)]
@@ -86,7 +83,7 @@ impl Patterns {
             }
             for (i, &bit) in run.iter().enumerate().take(TILE_UNITS - start) {
                 let band_order = start + i;
-                let (r, j) = (band_order / UNIT_COLS, band_order % UNIT_COLS);
+                let (r, j) = (band_order / TILE_UNIT_COLS, band_order % TILE_UNIT_COLS);
                 unit_bit[j * TILE_ROWS + r] = bit;
             }
         }
@@ -117,6 +114,28 @@ impl Patterns {
         self.unit_sign.iter().zip(row).map(|(s, r)| s * r).collect()
     }
 
+    /// The embedder model's `pattern` input for one block: per unit, the sign of its first tile
+    /// times the message bit it carries (`message` ±1 per bit, already under the block's mask).
+    pub fn embed_pattern(&self, message: &[f32; MESSAGE_BITS], block: i64) -> Vec<f32> {
+        let signs = self.block_signs(block);
+        signs
+            .iter()
+            .zip(&self.unit_bit)
+            .map(|(s, &b)| s * message[b as usize])
+            .collect()
+    }
+
+    /// The detector model's `allocation` input for one block, `[MESSAGE_BITS, TILE_UNITS]`
+    /// row-major: the unit's sign in its bit's row, 0 elsewhere.
+    pub fn detect_allocation(&self, block: i64) -> Vec<f32> {
+        let signs = self.block_signs(block);
+        let mut a = vec![0.0f32; MESSAGE_BITS * TILE_UNITS];
+        for (u, (&b, s)) in self.unit_bit.iter().zip(signs).enumerate() {
+            a[b as usize * TILE_UNITS + u] = s;
+        }
+        a
+    }
+
     /// The patterns as plain arrays (bit per unit, sign per unit, scramble rows), for the parity
     /// test against the prototype and for the models' pattern tensors.
     pub fn arrays(&self) -> (&[u8], &[f32], &[Vec<f32>]) {
@@ -140,7 +159,7 @@ mod tests {
         assert!(per_bit.iter().all(|&n| n == 250 || n == 251), "{per_bit:?}");
         // In band order every run of 32 units holds each bit once.
         let band_order: Vec<u8> = (0..TILE_UNITS)
-            .map(|i| p.unit_bit[(i % UNIT_COLS) * TILE_ROWS + i / UNIT_COLS])
+            .map(|i| p.unit_bit[(i % TILE_UNIT_COLS) * TILE_ROWS + i / TILE_UNIT_COLS])
             .collect();
         for run in band_order
             .chunks(MESSAGE_BITS)
@@ -190,6 +209,31 @@ mod tests {
         (0..1_000).for_each(|_| seen[below(&mut rng, 5) as usize] += 1);
         assert!(seen.iter().all(|&n| (150..250).contains(&n)), "{seen:?}");
         assert_eq!(below(&mut rng, 1), 0);
+    }
+
+    #[test]
+    fn model_inputs_spell_out_the_same_patterns() {
+        let p = Patterns::from_key(&key(3));
+        let message: [f32; MESSAGE_BITS] =
+            std::array::from_fn(|b| if b % 3 == 0 { -1.0 } else { 1.0 });
+        let (signs, pattern, allocation) = (
+            p.block_signs(5),
+            p.embed_pattern(&message, 5),
+            p.detect_allocation(5),
+        );
+        for u in 0..TILE_UNITS {
+            let bit = p.unit_bit[u] as usize;
+            assert_eq!(pattern[u], signs[u] * message[bit]);
+            let column: Vec<f32> = (0..MESSAGE_BITS)
+                .map(|b| allocation[b * TILE_UNITS + u])
+                .collect();
+            assert_eq!(
+                column.iter().filter(|&&a| a != 0.0).count(),
+                1,
+                "one bit per unit"
+            );
+            assert_eq!(column[bit], signs[u]);
+        }
     }
 
     const PINNED_FIRST_BITS: [u8; 8] = [30, 18, 1, 4, 11, 15, 2, 18];

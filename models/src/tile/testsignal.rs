@@ -1,4 +1,4 @@
-//! Deterministic test hosts for the channel's unit tests: music-like notes and a speech-like
+//! Deterministic test hosts for the channel's tests (here and the model exporter's): music-like notes and a speech-like
 //! voice, with onsets, pitch changes and pauses (a steady tone would flatter the detector's
 //! time high-pass). Not a substitute for real recordings: the end-to-end tests use those.
 

@@ -15,6 +15,7 @@
 pub mod graph;
 pub mod proto;
 pub mod testmodels;
+pub mod tile;
 
 #[cfg(test)]
 mod reader;
