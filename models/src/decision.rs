@@ -161,8 +161,13 @@ pub fn agreement_z(blocks: &[[f32; MESSAGE_BITS]]) -> f64 {
             (s * s) as f64 / n as f64
         })
         .sum();
-    // Wilson–Hilferty: (T/k)^(1/3) is close to N(1 − 2/(9k), 2/(9k)) for T ~ χ²_k.
-    let k = MESSAGE_BITS as f64;
+    chi_square_z(t, MESSAGE_BITS)
+}
+
+/// z of `t` under χ² with `k` degrees of freedom, by Wilson–Hilferty: (T/k)^(1/3) is close to
+/// N(1 − 2/(9k), 2/(9k)).
+pub fn chi_square_z(t: f64, k: usize) -> f64 {
+    let k = k as f64;
     let v = 2.0 / (9.0 * k);
     ((t / k).cbrt() - (1.0 - v)) / v.sqrt()
 }
@@ -253,13 +258,28 @@ pub fn decide(blocks: &[GridBlock], key: &Key, cal: &Calibration, grid: GridInde
     let finite: Vec<GridBlock> = blocks.iter().filter(|b| b.finite()).copied().collect();
     let (grid_shift, raw_z, lined_up) = best_shift(&finite, key, grid);
     let logits: Vec<[f32; MESSAGE_BITS]> = lined_up.iter().map(|b| b.logits).collect();
+    let readable = expected_word_errors(&logits) <= MAX_WORD_ERRORS;
+    conclude(&logits, raw_z, readable, grid_shift, key, cal, grid)
+}
+
+/// The decision for `logits`, a key's blocks with their masks taken off (at `grid_shift`), whose
+/// statistic is `raw_z` (uncalibrated) and whose word is `readable` (expected errors within
+/// [`MAX_WORD_ERRORS`]): the combined word, CRC-aided, and the verdict at the calibrated rate.
+pub(crate) fn conclude(
+    logits: &[[f32; MESSAGE_BITS]],
+    raw_z: f64,
+    readable: bool,
+    grid_shift: usize,
+    key: &Key,
+    cal: &Calibration,
+    grid: GridIndex,
+) -> Decision {
     let combined = sum(logits.iter());
     let word = payload::from_logits(&combined);
     let z = (raw_z - cal.null_mean) / cal.null_std;
     let fpr = (normal_upper_tail(z) * (CANDIDATES * grid.hypotheses()) as f64 / CHECK_SPACE).min(1.0);
     let decoded = crc_aided(word, &combined, key);
     let threshold = cal.threshold(grid.hypotheses());
-    let readable = expected_word_errors(&logits) <= MAX_WORD_ERRORS;
     let verdict = match decoded {
         Some(_) if z >= threshold && readable => Verdict::Found,
         _ if z >= threshold.min(3.0) => Verdict::Uncertain,
@@ -274,7 +294,7 @@ pub fn decide(blocks: &[GridBlock], key: &Key, cal: &Calibration, grid: GridInde
         payload: decoded.filter(|_| verdict == Verdict::Found),
         z,
         false_positive_rate: fpr,
-        blocks: finite.len(),
+        blocks: logits.len(),
         grid_shift,
         combined: combined.to_vec(),
         block_words,
