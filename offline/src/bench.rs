@@ -1,4 +1,5 @@
-//! DSP speed table for `stemmark bench`: STFT/iSTFT and resampling on 60 s of stereo audio.
+//! Speed tables for `stemmark bench`: STFT/iSTFT and resampling on 60 s of stereo audio, and the
+//! tile channel's reference and models.
 //! Meaningful only from a release build.
 
 use std::time::Instant;
@@ -173,6 +174,91 @@ pub fn dsp_table(size: Size) -> anyhow::Result<String> {
     Ok(table)
 }
 
+/// The tile channel (contract v2) on `size.model_seconds` of synthetic stereo music, one thread:
+/// the Rust reference and the ONNX models built from the designed constants, side by side.
+/// Needs ONNX Runtime loaded. Markdown: task | audio seconds | wall seconds | × real time.
+pub fn tile_table(size: Size) -> anyhow::Result<String> {
+    use stemmark_models::decision::{Calibration, GridIndex};
+    use stemmark_models::keys::Key;
+    use stemmark_models::runtime::Provider;
+    use stemmark_models::tile::window::{self, WindowBlock};
+    use stemmark_models::tile::{
+        Params, Patterns, TileDetectorModel, TileEmbedderModel, reference, testsignal,
+    };
+
+    let params = Params::default();
+    let seconds = size.model_seconds;
+    let music = testsignal::music(seconds as f64, 7);
+    let stereo = vec![music.clone(), music.iter().map(|x| 0.8 * x).collect()];
+    let keys: Vec<Key> = (0..4u8).map(|i| Key::from_bytes([i + 1; 16], format!("k{i}"))).collect();
+    let word = stemmark_models::payload::encode(1, &keys[0])?;
+    let dir = tempfile::tempdir()?;
+    crate::onnx::tile::write_tile_models(dir.path(), &params)?;
+    let mut emb = TileEmbedderModel::open(&dir.path().join("embedder.onnx"), Provider::Cpu, 1)?;
+    let mut det = TileDetectorModel::open(&dir.path().join("detector.onnx"), Provider::Cpu, 1)?;
+    let cal = Calibration::default();
+    let once = |f: &mut dyn FnMut() -> anyhow::Result<()>| median_secs(size.repeats.min(3), f);
+
+    let mut rows: Vec<(String, f64)> = Vec::new();
+    rows.push((
+        "tile embed, Rust reference, stereo".into(),
+        once(&mut || {
+            std::hint::black_box(reference::embed(&stereo, &keys[0], word, &params)?);
+            Ok(())
+        })?,
+    ));
+    let mut marked = Vec::new();
+    rows.push((
+        "tile embed, ONNX models, stereo".into(),
+        once(&mut || {
+            marked = emb.embed(&stereo, &keys[0], word)?;
+            Ok(())
+        })?,
+    ));
+    let mid = reference::mid(&marked);
+    let reference_read = |keys: &[Key]| -> anyhow::Result<()> {
+        let features = reference::block_features(&mid, &params)?;
+        for key in keys {
+            let p = Patterns::from_key(key);
+            let w: Vec<WindowBlock> = features
+                .iter()
+                .enumerate()
+                .map(|(b, f)| WindowBlock { index: b as i64, sums: f.cell_sums(&p, b as i64) })
+                .collect();
+            std::hint::black_box(window::decide(&w, key, &cal, GridIndex::Known, &params));
+        }
+        Ok(())
+    };
+    rows.push((
+        "tile detect, Rust reference, 1 key".into(),
+        once(&mut || reference_read(&keys[..1]))?,
+    ));
+    rows.push((
+        "tile detect, Rust reference, 4 keys (one feature)".into(),
+        once(&mut || reference_read(&keys))?,
+    ));
+    let mut model_read = |keys: &[Key]| -> anyhow::Result<()> {
+        for key in keys {
+            let w = det.window(&mid, key)?;
+            std::hint::black_box(window::decide(&w, key, &cal, GridIndex::Known, &params));
+        }
+        Ok(())
+    };
+    rows.push(("tile detect, ONNX models, 1 key".into(), once(&mut || model_read(&keys[..1]))?));
+    rows.push(("tile detect, ONNX models, 4 keys".into(), once(&mut || model_read(&keys))?));
+
+    let mut table = String::from(
+        "| tile channel task (one thread) | audio seconds | wall seconds | × real time |\n|---|---:|---:|---:|\n",
+    );
+    for (task, wall) in rows {
+        table.push_str(&format!("| {task} | {seconds} | {wall:.3} | {:.0} |\n", seconds as f64 / wall));
+    }
+    if cfg!(debug_assertions) {
+        table.push_str("\n(debug build: timings are not representative; use --release)\n");
+    }
+    Ok(table)
+}
+
 #[cfg(test)]
 mod tests {
     /// `cargo test -p stemmark-offline --release --lib bench -- --ignored --nocapture`
@@ -180,6 +266,14 @@ mod tests {
     #[ignore = "benchmark; run in release"]
     fn print_dsp_table() {
         println!("{}", super::dsp_table(super::Size::FULL).unwrap());
+    }
+
+    #[test]
+    fn tile_table_runs() {
+        stemmark_models::runtime::init(None, &[]).expect("ONNX Runtime (run `cargo xtask setup`)");
+        let t = super::tile_table(super::Size::QUICK).unwrap();
+        let rows = t.lines().filter(|l| l.starts_with("| tile embed") || l.starts_with("| tile detect"));
+        assert_eq!(rows.count(), 6, "{t}");
     }
 
     #[test]

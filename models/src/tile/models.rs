@@ -1,15 +1,26 @@
 //! Running the tile channel's contract-v2 models: the embedder's masks and the detector's cell
-//! sums for a batch of blocks, with the key's patterns expanded here ([`Patterns`]).
+//! sums for a batch of blocks, with the key's patterns expanded here ([`Patterns`]); and the
+//! whole-signal paths of [`super::reference`] with the models in place of the Rust rule.
 
 use std::path::Path;
 
 use ndarray::{Array2, Array3, ArrayView3};
 use ort::value::TensorRef;
 
+use super::reference::mid;
+use super::window::WindowBlock;
 use super::{CellSums, Patterns};
 use crate::contract;
+use crate::keys::Key;
+use crate::payload;
 use crate::runtime::{Model, Provider, RuntimeError};
-use crate::spec::{CELLS, MESSAGE_BITS, TILE_ROWS, TILE_UNIT_COLS, TILE_UNITS};
+use crate::spec::{
+    BINS, BLOCK, CELLS, FRAMES_PER_BLOCK, MESSAGE_BITS, TILE_ROWS, TILE_UNIT_COLS, TILE_UNITS,
+};
+use crate::stft::Stft;
+
+/// Blocks per ONNX run in the whole-signal paths.
+const BATCH: usize = 8;
 
 fn run_err(role: &'static str) -> impl Fn(ort::Error) -> RuntimeError {
     move |e| RuntimeError::Run {
@@ -83,6 +94,58 @@ impl TileEmbedderModel {
     }
 }
 
+impl TileEmbedderModel {
+    /// `channels` (planar, 44.1 kHz) with every whole block marked with `key` and the stem's
+    /// `word`, as [`super::reference::embed`] does, the masks from the model.
+    pub fn embed(
+        &mut self,
+        channels: &[Vec<f32>],
+        key: &Key,
+        word: u32,
+    ) -> Result<Vec<Vec<f32>>, RuntimeError> {
+        let Some(n) = channels.first().map(Vec::len) else {
+            return Err(RuntimeError::Run {
+                role: "embedder",
+                why: "no channels to mark".into(),
+            });
+        };
+        let patterns = Patterns::from_key(key);
+        let mut stft = Stft::new();
+        let spec = stft.forward(&mid(channels));
+        let mut masks = Vec::with_capacity(n / BLOCK);
+        let indices: Vec<i64> = (0..(n / BLOCK) as i64).collect();
+        for batch in indices.chunks(BATCH) {
+            let mut mag = Array3::zeros((batch.len(), BINS, FRAMES_PER_BLOCK));
+            for (i, &b) in batch.iter().enumerate() {
+                let frames = b as usize * FRAMES_PER_BLOCK..(b as usize + 1) * FRAMES_PER_BLOCK;
+                let block = spec
+                    .slice_frames(frames)
+                    .expect("whole blocks lie inside the spectrogram");
+                block
+                    .magnitude_into(mag.index_axis_mut(ndarray::Axis(0), i))
+                    .expect("block shape");
+            }
+            let messages: Vec<[f32; MESSAGE_BITS]> = batch
+                .iter()
+                .map(|&b| payload::to_bipolar(payload::block_word(word, key, b)))
+                .collect();
+            let m = self.masks(mag.view(), &patterns, &messages, batch)?;
+            masks.extend(m.outer_iter().map(|x| x.to_owned()));
+        }
+        Ok(channels
+            .iter()
+            .map(|ch| {
+                let mut s = stft.forward(ch);
+                for (b, m) in masks.iter().enumerate() {
+                    s.apply_mask_at(b * FRAMES_PER_BLOCK, m.view())
+                        .expect("mask fits the block's frames");
+                }
+                stft.inverse(&s, n)
+            })
+            .collect())
+    }
+}
+
 /// `detector.onnx` of contract v2.
 pub struct TileDetectorModel {
     model: Model,
@@ -151,5 +214,36 @@ impl TileDetectorModel {
                 }),
             })
             .collect())
+    }
+}
+
+impl TileDetectorModel {
+    /// Every whole block of `mid` (block k = grid block k) read with `key`, each from its own
+    /// STFT, for [`super::window::decide`].
+    pub fn window(&mut self, mid: &[f32], key: &Key) -> Result<Vec<WindowBlock>, RuntimeError> {
+        let patterns = Patterns::from_key(key);
+        let mut stft = Stft::new();
+        let indices: Vec<i64> = (0..(mid.len() / BLOCK) as i64).collect();
+        let mut out = Vec::with_capacity(indices.len());
+        for batch in indices.chunks(BATCH) {
+            let mut mag = Array3::zeros((batch.len(), BINS, FRAMES_PER_BLOCK));
+            for (i, &b) in batch.iter().enumerate() {
+                let spec = stft.forward(&mid[b as usize * BLOCK..(b as usize + 1) * BLOCK]);
+                let block = spec
+                    .slice_frames(0..FRAMES_PER_BLOCK)
+                    .expect("a block has its frames");
+                block
+                    .magnitude_into(mag.index_axis_mut(ndarray::Axis(0), i))
+                    .expect("block shape");
+            }
+            let sums = self.sums(mag.view(), &patterns, batch)?;
+            out.extend(
+                batch
+                    .iter()
+                    .zip(sums)
+                    .map(|(&index, sums)| WindowBlock { index, sums }),
+            );
+        }
+        Ok(out)
     }
 }

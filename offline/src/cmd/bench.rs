@@ -31,6 +31,10 @@ pub fn run(opts: &ModelOpts, what: Option<&str>, quick: bool, json: bool) -> Res
     }
     let size = if quick { crate::bench::Size::QUICK } else { crate::bench::Size::FULL };
     tables.push(crate::bench::dsp_table(size)?);
+    match stemmark_models::runtime::init(opts.ort_lib.as_deref(), &[]) {
+        Ok(_) => tables.push(crate::bench::tile_table(size)?),
+        Err(e) => tables.push(format!("(tile channel rows skipped: {e})")),
+    }
     match opts.prepare() {
         Ok(dir) => tables.push(model_table(&dir, opts, size.model_seconds)?),
         Err(e) => tables.push(format!("(model rows skipped: {e:#})")),

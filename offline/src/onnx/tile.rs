@@ -361,6 +361,7 @@ pub fn detector(params: &Params) -> Result<Model> {
 #[cfg(test)]
 mod tests {
     use ndarray::{Array3, Axis, s};
+    use stemmark_models::decision::{Calibration, GridIndex, Verdict};
     use stemmark_models::keys::Key;
     use stemmark_models::payload;
     use stemmark_models::runtime::Provider;
@@ -368,7 +369,7 @@ mod tests {
     use stemmark_models::stft::Stft;
     use stemmark_models::tile::{
         CellSums, Patterns, TileDetectorModel, TileEmbedderModel, block_logits, embed, reference,
-        testsignal,
+        testsignal, window,
     };
 
     use super::*;
@@ -510,6 +511,37 @@ mod tests {
                 .map(|(f, k)| f.cell_sums(&patterns, k))
                 .collect();
             compare(name, &ours, &want);
+            // The whole-signal paths: the model's marked audio is the reference's up to the
+            // masks' f32 rounding, and its reading finds the payload.
+            let by_model = emb
+                .embed(std::slice::from_ref(&host), &key, word)
+                .unwrap()
+                .remove(0);
+            let by_reference = reference::embed(std::slice::from_ref(&host), &key, word, &params)
+                .unwrap()
+                .remove(0);
+            let peak = host.iter().fold(0f32, |m, x| m.max(x.abs()));
+            let diff = by_model
+                .iter()
+                .zip(&by_reference)
+                .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+            assert!(
+                diff < 1e-5 * peak,
+                "{name}: marked audio differs by {diff} (peak {peak})"
+            );
+            let window = det.window(&by_model, &key).unwrap();
+            let d = window::decide(
+                &window,
+                &key,
+                &Calibration::default(),
+                GridIndex::Known,
+                &params,
+            );
+            assert_eq!(
+                (d.verdict, d.payload),
+                (Verdict::Found, Some(0x5a_c3_0f)),
+                "{name}"
+            );
             // Every bit reads back through the models.
             for (b, z) in block_logits(&ours, &params).iter().enumerate() {
                 let errors = z
