@@ -2,7 +2,7 @@
 //! these contracts and the runtime checks every loaded model against them.
 
 use crate::spec::{
-    BINS, BLOCK, CELLS, FRAMES_PER_BLOCK, KEY_DIM, MESSAGE_BITS, STEM_NAMES, TILE_ROWS, TILE_UNITS, TILE_UNIT_COLS,
+    BINS, FRAMES_PER_BLOCK, STEM_NAMES, TILE_ROWS, TILE_UNITS, TILE_UNIT_COLS,
 };
 
 /// One axis of a tensor.
@@ -31,32 +31,10 @@ pub struct Contract {
 
 use Dim::{Dynamic as D, Fixed as F};
 
-pub const EMBEDDER: Contract = Contract {
-    role: "embedder",
-    file: "embedder.onnx",
-    inputs: &[
-        TensorSpec { name: "magnitude", dims: &[D("batch"), F(BINS), D("frames")] },
-        TensorSpec { name: "message", dims: &[D("batch"), F(MESSAGE_BITS)] },
-        TensorSpec { name: "key", dims: &[D("batch"), F(KEY_DIM)] },
-    ],
-    outputs: &[TensorSpec { name: "mask", dims: &[D("batch"), F(BINS), D("frames")] }],
-};
-
-pub const DETECTOR: Contract = Contract {
-    role: "detector",
-    file: "detector.onnx",
-    inputs: &[
-        TensorSpec { name: "audio", dims: &[D("batch"), F(BLOCK)] },
-        TensorSpec { name: "key", dims: &[D("batch"), F(KEY_DIM)] },
-    ],
-    outputs: &[TensorSpec { name: "logits", dims: &[D("batch"), F(MESSAGE_BITS)] }],
-};
-
-/// Contract v2, the tile channel's embedder (`crate::tile`): one block's mask from its mid
+/// The tile channel's embedder (`crate::tile`; model format 2): one block's mask from its mid
 /// magnitude and the key's pattern for the block, every unit's first-tile sign × its message bit
-/// (`Patterns::embed_pattern`, `[TILE_UNIT_COLS, TILE_ROWS]` = unit j·ROWS + r). The CLI and the
-/// plugins still run v1; they move to v2 together.
-pub const TILE_EMBEDDER: Contract = Contract {
+/// (`Patterns::embed_pattern`, `[TILE_UNIT_COLS, TILE_ROWS]` = unit j·ROWS + r).
+pub const EMBEDDER: Contract = Contract {
     role: "embedder",
     file: "embedder.onnx",
     inputs: &[
@@ -66,19 +44,17 @@ pub const TILE_EMBEDDER: Contract = Contract {
     outputs: &[TensorSpec { name: "mask", dims: &[D("batch"), F(BINS), F(FRAMES_PER_BLOCK)] }],
 };
 
-/// Contract v2, the tile channel's detector: one block's per-cell sums S and null variances V
-/// per bit (`tile::CellSums`) from its mid magnitude (the block's own STFT) and the key's
-/// allocation for the block (`Patterns::detect_allocation`: a unit's sign in its bit's row).
-pub const TILE_DETECTOR: Contract = Contract {
+/// The tile channel's detector: one block's key-independent feature from its mid magnitude (the
+/// block's own STFT): every unit's value and its cell (band group × level class, as a float),
+/// `tile::BlockFeature`. The keyed sums per key and grid shift are formed in Rust
+/// (`BlockFeature::cell_sums`), so one run serves every key and every shift of a search.
+pub const DETECTOR: Contract = Contract {
     role: "detector",
     file: "detector.onnx",
-    inputs: &[
-        TensorSpec { name: "magnitude", dims: &[D("batch"), F(BINS), F(FRAMES_PER_BLOCK)] },
-        TensorSpec { name: "allocation", dims: &[D("batch"), F(MESSAGE_BITS), F(TILE_UNITS)] },
-    ],
+    inputs: &[TensorSpec { name: "magnitude", dims: &[D("batch"), F(BINS), F(FRAMES_PER_BLOCK)] }],
     outputs: &[
-        TensorSpec { name: "sums", dims: &[D("batch"), F(MESSAGE_BITS), F(CELLS)] },
-        TensorSpec { name: "variances", dims: &[D("batch"), F(MESSAGE_BITS), F(CELLS)] },
+        TensorSpec { name: "unit_values", dims: &[D("batch"), F(TILE_UNITS)] },
+        TensorSpec { name: "unit_cells", dims: &[D("batch"), F(TILE_UNITS)] },
     ],
 };
 
@@ -120,9 +96,11 @@ mod tests {
     #[test]
     fn shapes_are_checked() {
         let mask = &EMBEDDER.outputs[0];
-        assert_eq!(shape_mismatch(mask, &[-1, BINS as i64, -1]), None);
-        assert!(shape_mismatch(mask, &[-1, 512, -1]).unwrap().contains("[batch, 513, frames]"));
+        let frames = FRAMES_PER_BLOCK as i64;
+        assert_eq!(shape_mismatch(mask, &[-1, BINS as i64, frames]), None);
+        assert!(shape_mismatch(mask, &[-1, 512, frames]).unwrap().contains("[batch, 513, 360]"));
         assert!(shape_mismatch(mask, &[-1, BINS as i64]).is_some());
-        assert!(shape_mismatch(mask, &[1, BINS as i64, -1]).is_some(), "batch must stay dynamic");
+        assert!(shape_mismatch(mask, &[-1, BINS as i64, -1]).is_some(), "a block's frames are fixed");
+        assert!(shape_mismatch(mask, &[1, BINS as i64, frames]).is_some(), "batch must stay dynamic");
     }
 }

@@ -8,15 +8,17 @@
 //! are kept per (path, key) and decided on demand with the calibrated rule, the same rule
 //! `stemmark detect` uses on files.
 
-use ndarray::{Array2, Array3};
+use ndarray::Array3;
 
-use crate::decision::{self, Calibration, Decision, GridBlock, GridIndex, Verdict};
+use crate::decision::{Calibration, Decision, GridIndex, Verdict};
 use crate::detector::{Detector, audible};
 use crate::keys::Key;
 use crate::modelset::ModelError;
 use crate::payload;
 use crate::separator::Separator;
-use crate::spec::{BLOCK, MESSAGE_BITS, STEM_NAMES};
+use crate::spec::{BLOCK, STEM_NAMES};
+use crate::tile::window::{self, WindowBlock};
+use crate::tile::{CellSums, Params, Patterns};
 
 /// Separator context on each side of a block (1 s), so the block's stems are not edge-limited.
 pub const CONTEXT: usize = BLOCK / 2;
@@ -51,13 +53,15 @@ pub struct PathReading {
 struct Track {
     path: &'static str,
     key: usize,
-    /// Per analysed block: its grid index and logits (None when it was silent on this path).
-    logits: Vec<(i64, Option<[f32; MESSAGE_BITS]>)>,
+    /// Per analysed block: its grid index and cell sums (None when it was silent on this path).
+    blocks: Vec<(i64, Option<CellSums>)>,
 }
 
 pub struct DetectStream {
     keys: Vec<Key>,
+    patterns: Vec<Patterns>,
     cal: Calibration,
+    channel: Params,
     separate: bool,
     channels: usize,
     /// Ring of the last WINDOW samples per channel (`hist[c][i % WINDOW]` = sample i).
@@ -74,7 +78,15 @@ pub struct DetectStream {
 impl DetectStream {
     /// A stream over `channels` (1 or 2) reading every key; `separate = false` reads the mix only.
     /// Its first sample starts grid block `first_block`.
-    pub fn new(channels: usize, keys: Vec<Key>, cal: Calibration, separate: bool, first_block: i64) -> Result<DetectStream, ModelError> {
+    /// `cal` and `channel` are the detector's (its manifest's) unless a caller measures others.
+    pub fn new(
+        channels: usize,
+        keys: Vec<Key>,
+        cal: Calibration,
+        channel: Params,
+        separate: bool,
+        first_block: i64,
+    ) -> Result<DetectStream, ModelError> {
         if !(1..=2).contains(&channels) {
             return Err(ModelError::Input(format!("{channels} channels: mono or stereo only")));
         }
@@ -84,11 +96,13 @@ impl DetectStream {
         }
         let tracks = paths
             .iter()
-            .flat_map(|&path| (0..keys.len()).map(move |key| Track { path, key, logits: Vec::new() }))
+            .flat_map(|&path| (0..keys.len()).map(move |key| Track { path, key, blocks: Vec::new() }))
             .collect();
         Ok(DetectStream {
+            patterns: keys.iter().map(Patterns::from_key).collect(),
             keys,
             cal,
+            channel,
             separate,
             channels,
             hist: vec![vec![0.0; WINDOW]; channels],
@@ -182,11 +196,11 @@ impl DetectStream {
         }
         let index = self.first_block + self.next_block as i64;
         for (path, audio) in paths {
-            let loud = audible(&audio);
-            let block = Array2::from_shape_vec((1, BLOCK), audio).expect("one block");
+            // The feature is the same for every key: one STFT and one model run per path.
+            let feature = if audible(&audio) { det.block_features(&[&audio])?.pop() } else { None };
             for t in self.tracks.iter_mut().filter(|t| t.path == path) {
-                let l = if loud { Some(det.logits(&block, &self.keys[t.key])?[0]) } else { None };
-                t.logits.push((index, l));
+                let sums = feature.as_ref().map(|f| f.cell_sums(&self.patterns[t.key], index));
+                t.blocks.push((index, sums));
             }
         }
         self.next_block += 1;
@@ -200,20 +214,22 @@ impl DetectStream {
             .iter()
             .map(|t| {
                 let key = &self.keys[t.key];
-                let blocks: Vec<GridBlock> =
-                    t.logits.iter().filter_map(|&(index, l)| l.map(|logits| GridBlock { index, logits })).collect();
-                let decision = decision::decide(&blocks, key, &self.cal, GridIndex::Known);
+                let window: Vec<WindowBlock> =
+                    t.blocks.iter().filter_map(|(index, s)| s.clone().map(|sums| WindowBlock { index: *index, sums })).collect();
+                let logits = window::window_logits(&window, &self.channel);
+                let decision = window::decide_logits(&logits, key, &self.cal, GridIndex::Known);
                 let reference = decision.payload.and_then(|p| payload::encode(p, key).ok());
+                let mut read = logits.iter();
                 let states = t
-                    .logits
+                    .blocks
                     .iter()
-                    .map(|&(index, l)| match (l, reference) {
+                    .map(|(index, s)| match (s.as_ref().and(read.next()), reference) {
                         (None, _) => BlockState::Uncertain,
                         (Some(_), None) if decision.verdict == Verdict::Uncertain => BlockState::Uncertain,
                         (Some(_), None) => BlockState::NotMarked,
-                        (Some(l), Some(w)) => {
-                            let read = payload::from_logits(&l) ^ key.block_mask(index);
-                            if (read ^ w).count_ones() <= 4 { BlockState::Marked } else { BlockState::NotMarked }
+                        (Some(b), Some(w)) => {
+                            let word = payload::from_logits(&b.logits) ^ key.block_mask(*index);
+                            if (word ^ w).count_ones() <= 4 { BlockState::Marked } else { BlockState::NotMarked }
                         }
                     })
                     .collect();

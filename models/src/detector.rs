@@ -1,18 +1,20 @@
-//! Detection: audio + key ring → per-key report (payload, confidence, per-block bits), with
-//! `detector.onnx` and the calibrated decision rule.
+//! Detection: audio + key ring → per-key report (payload, confidence, per-block bits), with the
+//! tile channel's `detector.onnx` and the window decision (`tile::window`).
 
 use std::path::Path;
 
-use ndarray::Array2;
-use ort::value::TensorRef;
+use ndarray::{Array3, ArrayView3};
 
 use crate::contract;
-use crate::decision::{self, Calibration, Decision, GridBlock, GridIndex};
+use crate::decision::{Calibration, Decision, GridBlock, GridIndex};
 use crate::keys::Key;
 use crate::manifest::Manifest;
 use crate::modelset::{self, ModelError};
-use crate::runtime::{Model, Provider, RuntimeError};
-use crate::spec::{BLOCK, HOP, KEY_DIM, MESSAGE_BITS};
+use crate::runtime::Provider;
+use crate::spec::{BINS, BLOCK, FRAMES_PER_BLOCK, HOP};
+use crate::stft::Stft;
+use crate::tile::window;
+use crate::tile::{BlockFeature, Params, Patterns, TileDetectorModel};
 
 /// Blocks quieter than this (RMS, dBFS) carry no usable mark and are left out of the decision.
 pub const SILENCE_DBFS: f32 = -70.0;
@@ -22,6 +24,8 @@ const BATCH: usize = 8;
 const COARSE_STEP: usize = 9 * HOP;
 /// Blocks the offset search looks at.
 const PROBE_BLOCKS: usize = 4;
+
+const _: () = assert!(COARSE_STEP.is_multiple_of(HOP) && BLOCK.is_multiple_of(HOP), "search offsets are whole hops");
 
 /// How the block grid is placed on the audio.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,24 +48,24 @@ pub struct KeyReport {
 }
 
 pub struct Detector {
-    model: Model,
+    model: TileDetectorModel,
     manifest: Manifest,
+    stft: Stft,
 }
 
 impl Detector {
     pub fn open(dir: &Path, provider: Provider) -> Result<Detector, ModelError> {
-        let (manifest, model) = modelset::open(dir, contract::DETECTOR, provider)?;
-        Ok(Detector { model, manifest })
+        Detector::open_with_threads(dir, provider, modelset::all_cores())
     }
 
     /// [`open`](Self::open) with `threads` ONNX Runtime threads (a plugin instance uses few).
     pub fn open_with_threads(dir: &Path, provider: Provider, threads: usize) -> Result<Detector, ModelError> {
         let (manifest, model) = modelset::open_with_threads(dir, contract::DETECTOR, provider, threads)?;
-        Ok(Detector { model, manifest })
+        Ok(Detector { model: TileDetectorModel::from_model(model), manifest, stft: Stft::new() })
     }
 
     pub fn provider(&self) -> Provider {
-        self.model.provider
+        self.model.provider()
     }
 
     /// Reads with `cal` instead of the manifest's calibration (to measure a new one).
@@ -73,54 +77,96 @@ impl Detector {
         self.manifest.calibration
     }
 
-    /// Logits for a batch of blocks `[B, BLOCK]` under `key`.
-    pub fn logits(&mut self, blocks: &Array2<f32>, key: &Key) -> Result<Vec<[f32; MESSAGE_BITS]>, ModelError> {
-        let b = blocks.nrows();
-        let kv = key.vector();
-        let keys = Array2::from_shape_fn((b, KEY_DIM), |(_, i)| kv[i]);
-        let run_err = |e: ort::Error| RuntimeError::Run { role: "detector", why: e.to_string() };
-        let outputs = self
-            .model
-            .session
-            .run(ort::inputs![
-                "audio" => TensorRef::from_array_view(blocks.view()).map_err(run_err)?,
-                "key" => TensorRef::from_array_view(keys.view()).map_err(run_err)?,
-            ])
-            .map_err(run_err)?;
-        let logits = outputs["logits"].try_extract_array::<f32>().map_err(run_err)?;
-        if logits.shape() != [b, MESSAGE_BITS] {
-            return Err(RuntimeError::Run { role: "detector", why: format!("logits have shape {:?}", logits.shape()) }.into());
-        }
-        Ok(logits
-            .as_slice()
-            .map(|s| s.chunks_exact(MESSAGE_BITS).map(|c| c.try_into().expect("32 per row")).collect())
-            .unwrap_or_else(|| logits.outer_iter().map(|r| std::array::from_fn(|i| r[i])).collect()))
+    /// The channel constants the window decision uses.
+    pub fn channel(&self) -> &Params {
+        &self.manifest.channel
     }
 
-    /// Logits of every audible full block of the grid starting at `offset` (at most `limit`),
-    /// each with its index on that grid (block k starts at `offset + k·BLOCK`).
-    pub fn grid_logits(&mut self, mid: &[f32], offset: usize, key: &Key, limit: usize) -> Result<Vec<GridBlock>, ModelError> {
+    /// Magnitudes `[B, BINS, FRAMES_PER_BLOCK]` of `blocks` (each `BLOCK` samples of mid, each
+    /// from its own STFT): the key-independent input, computed once for every key.
+    pub fn magnitudes(&mut self, blocks: &[&[f32]]) -> Result<Array3<f32>, ModelError> {
+        if let Some(b) = blocks.iter().find(|b| b.len() != BLOCK) {
+            return Err(ModelError::Input(format!("a block has {} samples, not {BLOCK}", b.len())));
+        }
+        let mut mag = Array3::zeros((blocks.len(), BINS, FRAMES_PER_BLOCK));
+        for (i, block) in blocks.iter().enumerate() {
+            let spec = self.stft.forward(block);
+            let frames = spec.slice_frames(0..FRAMES_PER_BLOCK).expect("a block has its frames");
+            frames.magnitude_into(mag.index_axis_mut(ndarray::Axis(0), i)).expect("block shape");
+        }
+        Ok(mag)
+    }
+
+    /// The key-independent features of magnitude blocks ([`magnitudes`](Self::magnitudes)).
+    pub fn features(&mut self, magnitude: ArrayView3<f32>) -> Result<Vec<BlockFeature>, ModelError> {
+        let n = magnitude.dim().0;
+        let mut out = Vec::with_capacity(n);
+        for start in (0..n).step_by(BATCH) {
+            let part = magnitude.slice_axis(ndarray::Axis(0), (start..(start + BATCH).min(n)).into());
+            out.extend(self.model.features(part)?);
+        }
+        Ok(out)
+    }
+
+    /// [`features`](Self::features) of `blocks`' [`magnitudes`](Self::magnitudes).
+    pub fn block_features(&mut self, blocks: &[&[f32]]) -> Result<Vec<BlockFeature>, ModelError> {
+        let mag = self.magnitudes(blocks)?;
+        self.features(mag.view())
+    }
+
+    /// Every audible full block of the grid starting at `offset` (at most `limit`), with its
+    /// index k on that grid (block k starts at `offset + k·BLOCK`) and its feature.
+    pub fn grid_features(&mut self, mid: &[f32], offset: usize, limit: usize) -> Result<Vec<(i64, BlockFeature)>, ModelError> {
         let starts: Vec<usize> = (0..)
             .map(|k| offset + k * BLOCK)
             .take_while(|s| s + BLOCK <= mid.len())
             .filter(|&s| audible(&mid[s..s + BLOCK]))
             .take(limit)
             .collect();
-        let mut out = Vec::with_capacity(starts.len());
-        for chunk in starts.chunks(BATCH) {
-            let batch = Array2::from_shape_fn((chunk.len(), BLOCK), |(b, i)| mid[chunk[b] + i]);
-            let logits = self.logits(&batch, key)?;
-            out.extend(chunk.iter().zip(logits).map(|(&s, logits)| GridBlock { index: ((s - offset) / BLOCK) as i64, logits }));
-        }
-        Ok(out)
+        let blocks: Vec<&[f32]> = starts.iter().map(|&s| &mid[s..s + BLOCK]).collect();
+        let features = self.block_features(&blocks)?;
+        Ok(starts.iter().map(|&s| ((s - offset) / BLOCK) as i64).zip(features).collect())
+    }
+
+    /// The logits of every audible full block of the grid starting at `offset` (at most
+    /// `limit`) read with `key`, block k (starting at `offset + k·BLOCK`) as the embedder's block
+    /// `first_index + k`, weighted from the others ([`window::window_logits`]). The index picks
+    /// the key's scramble in the sums, not only the mask: read at the wrong index, a mark is noise.
+    pub fn grid_logits(&mut self, mid: &[f32], offset: usize, first_index: i64, key: &Key, limit: usize) -> Result<Vec<GridBlock>, ModelError> {
+        let features = self.grid_features(mid, offset, limit)?;
+        let blocks: Vec<(i64, &BlockFeature)> = features.iter().map(|(k, f)| (first_index + k, f)).collect();
+        Ok(window::shifted_logits(&blocks, &Patterns::from_key(key), 0, &self.manifest.channel))
     }
 
     /// The grid offset where `key`'s mark is most consistent (at the best shift of the mask
-    /// cycle), searched coarse then fine.
+    /// cycle), searched coarse then fine over the first [`PROBE_BLOCKS`] audible blocks.
+    ///
+    /// Every candidate offset is a whole number of hops, so the probes take their frames from one
+    /// STFT of the whole signal instead of one per block and offset (a block's own STFT differs
+    /// only in its edge frames, which the search can ignore); the reading itself is exact.
     pub fn find_offset(&mut self, mid: &[f32], key: &Key) -> Result<usize, ModelError> {
+        let spec = self.stft.forward(mid);
+        let patterns = Patterns::from_key(key);
         let score = |d: &mut Detector, off: usize| -> Result<f64, ModelError> {
-            let blocks = d.grid_logits(mid, off, key, PROBE_BLOCKS)?;
-            Ok(decision::best_shift(&blocks, key, GridIndex::Search).1)
+            let starts: Vec<usize> = (0..)
+                .map(|k| off + k * BLOCK)
+                .take_while(|s| s + BLOCK <= mid.len())
+                .filter(|&s| audible(&mid[s..s + BLOCK]))
+                .take(PROBE_BLOCKS)
+                .collect();
+            if starts.is_empty() {
+                return Ok(f64::NEG_INFINITY);
+            }
+            let mut mag = Array3::zeros((starts.len(), BINS, FRAMES_PER_BLOCK));
+            for (i, &s) in starts.iter().enumerate() {
+                let first = s / HOP;
+                let frames = spec.slice_frames(first..first + FRAMES_PER_BLOCK).expect("a whole block's frames");
+                frames.magnitude_into(mag.index_axis_mut(ndarray::Axis(0), i)).expect("block shape");
+            }
+            let features = d.features(mag.view())?;
+            let blocks: Vec<(i64, &BlockFeature)> =
+                starts.iter().map(|&s| ((s - off) / BLOCK) as i64).zip(features.iter()).collect();
+            Ok(window::best_shift_features(&blocks, &patterns, key, GridIndex::Search, &d.manifest.channel).1)
         };
         let mut best = (f64::NEG_INFINITY, 0usize);
         for off in (0..BLOCK).step_by(COARSE_STEP).filter(|o| o + BLOCK <= mid.len()) {
@@ -143,27 +189,36 @@ impl Detector {
         Ok(best.1)
     }
 
-    /// Reads `mid` (44.1 kHz, mono: the mean of a stem's channels) with every key.
+    /// Reads `mid` (44.1 kHz, mono: the mean of a stem's channels) with every key. On a fixed
+    /// grid the blocks' features are computed once for all keys.
     pub fn detect(&mut self, mid: &[f32], keys: &[Key], align: Alignment) -> Result<Vec<KeyReport>, ModelError> {
         if let Some(p) = mid.iter().position(|x| !x.is_finite()) {
             return Err(ModelError::Input(format!("non-finite sample at index {p}")));
         }
         let cal = self.calibration();
-        keys.iter()
-            .map(|key| {
-                let (offset, grid) = match align {
-                    Alignment::Fixed(o) => (o, GridIndex::Known),
-                    Alignment::Search => (self.find_offset(mid, key)?, GridIndex::Search),
-                };
-                let blocks = self.grid_logits(mid, offset, key, usize::MAX)?;
-                Ok(KeyReport {
-                    key: key.name().to_string(),
-                    fingerprint: key.fingerprint(),
-                    offset,
-                    decision: decision::decide(&blocks, key, &cal, grid),
-                })
-            })
-            .collect()
+        let fixed = match align {
+            Alignment::Fixed(o) => Some((o, self.grid_features(mid, o, usize::MAX)?)),
+            Alignment::Search => None,
+        };
+        let mut reports = Vec::with_capacity(keys.len());
+        for key in keys {
+            let (offset, grid, searched);
+            let features = match &fixed {
+                Some((o, f)) => {
+                    (offset, grid) = (*o, GridIndex::Known);
+                    f
+                }
+                None => {
+                    (offset, grid) = (self.find_offset(mid, key)?, GridIndex::Search);
+                    searched = self.grid_features(mid, offset, usize::MAX)?;
+                    &searched
+                }
+            };
+            let blocks: Vec<(i64, &BlockFeature)> = features.iter().map(|(k, f)| (*k, f)).collect();
+            let decision = window::decide(&blocks, &Patterns::from_key(key), key, &cal, grid, &self.manifest.channel);
+            reports.push(KeyReport { key: key.name().to_string(), fingerprint: key.fingerprint(), offset, decision });
+        }
+        Ok(reports)
     }
 }
 

@@ -4,16 +4,19 @@
 //! Input sample 0 is the start of a block: grid block `first_block`, whose index picks the key's
 //! block mask (0 for a file marked from its first sample; the timeline's block for a plugin). The mid signal's frames of a block are collected; once
 //! the block's last frame exists, the embedder computes its mask, every channel's frames of that
-//! block are masked and resynthesised. Output sample i is the marked input sample i; it becomes
+//! block are masked and resynthesised. At the end of the stream a partial last block is completed
+//! with silence and marked as a whole block (what a host's silence after the stem would give), and
+//! only the samples that were pushed come out. Output sample i is the marked input sample i; it becomes
 //! available at most [`LATENCY`] samples after input sample i was pushed.
 
-use ndarray::{Array3, Axis};
+use ndarray::Array3;
 
 use crate::embedder::Embedder;
 use crate::keys::Key;
 use crate::modelset::ModelError;
 use crate::payload;
 use crate::spec::{BINS, BLOCK, FRAMES_PER_BLOCK, HOP, N_FFT};
+use crate::tile::Patterns;
 use crate::stft::{Complex32, StreamingIstft, StreamingStft, frames_for_len};
 
 /// Worst-case delay between pushing a sample and getting it back marked: one block (a block's
@@ -24,6 +27,7 @@ pub const LATENCY: usize = BLOCK + N_FFT - HOP;
 /// The stream's state (no model: the caller passes its `Embedder` to every call).
 pub struct EmbedStream {
     key: Key,
+    patterns: Patterns,
     word: u32,
     strength: f32,
     ch_stft: Vec<StreamingStft>,
@@ -57,6 +61,7 @@ impl EmbedStream {
         let word = payload::encode(payload_value, key).map_err(|e| ModelError::Input(e.to_string()))?;
         Ok(EmbedStream {
             key: key.clone(),
+            patterns: Patterns::from_key(key),
             word,
             strength,
             ch_stft: (0..channels).map(|_| StreamingStft::new()).collect(),
@@ -122,6 +127,11 @@ impl EmbedStream {
             }
         }
         if self.filled > 0 {
+            // The channel is defined on whole blocks: complete the last one with silence.
+            while self.filled < FRAMES_PER_BLOCK {
+                let chunk: [&[f32]; 2] = [&zeros, &zeros];
+                self.feed(&chunk[..self.channels()])?;
+            }
             self.mark_block(emb, out, self.pushed)?;
         }
         let target = self.pushed;
@@ -169,17 +179,13 @@ impl EmbedStream {
         Ok(())
     }
 
-    /// Masks and resynthesises the current block's `filled` frames; output samples at or past
-    /// `limit` (the zero-padded tail at the end of the stream) are dropped.
+    /// Masks and resynthesises the current (whole) block; output samples at or past `limit` (the
+    /// zero-padded tail at the end of the stream) are dropped.
     fn mark_block(&mut self, emb: &mut Embedder, out: &mut [Vec<f32>], limit: usize) -> Result<(), ModelError> {
         let f = self.filled;
-        let word = payload::block_word(self.word, &self.key, self.index);
-        let mask = if f == FRAMES_PER_BLOCK {
-            emb.masks(self.mag.view(), word, &self.key, self.strength)?
-        } else {
-            let part = self.mag.slice_axis(Axis(2), (0..f).into());
-            emb.masks(part, word, &self.key, self.strength)?
-        };
+        debug_assert_eq!(f, FRAMES_PER_BLOCK, "blocks are completed before they are marked");
+        let message = payload::to_bipolar(payload::block_word(self.word, &self.key, self.index));
+        let mask = emb.masks(self.mag.view(), &self.patterns, &[message], &[self.index], self.strength)?;
         for (c, istft) in self.ch_istft.iter_mut().enumerate() {
             let frames = &mut self.frames[c];
             for t in 0..f {

@@ -1,28 +1,28 @@
-//! Embedding: stem + key + payload → marked stem, with `embedder.onnx`.
+//! Embedding: stem + key + payload → marked stem, with the tile channel's `embedder.onnx`.
 //!
 //! The mask is computed from the mid signal's STFT magnitude, one 2 s block (360 frames) at a
 //! time, and applied to each channel's own spectrum, keeping each channel's phase (DESIGN.md).
 
 use std::path::Path;
 
-use ndarray::{Array2, Array3, ArrayView3};
-use ort::value::TensorRef;
+use ndarray::{Array3, ArrayView3};
 
 use crate::contract;
+use crate::embed_stream::EmbedStream;
 use crate::keys::Key;
 use crate::manifest::Manifest;
 use crate::modelset::{self, ModelError};
-use crate::payload;
-use crate::runtime::{Model, Provider, RuntimeError};
-use crate::embed_stream::EmbedStream;
-use crate::spec::{BLOCK, FRAMES_PER_BLOCK, KEY_DIM, MESSAGE_BITS};
+use crate::runtime::{Provider, RuntimeError};
+use crate::spec::{BLOCK, FRAMES_PER_BLOCK, MESSAGE_BITS};
 use crate::stft::frames_for_len;
+use crate::tile::{Patterns, TileEmbedderModel};
 
-/// Strength scales the mask's deviation from 1; 1 is the trained strength.
+/// Strength scales the mark's ln gain; 1 is the designed strength (every written cell at least
+/// 15 dB below its host), 2 doubles it.
 pub const MAX_STRENGTH: f32 = 2.0;
 
 pub struct Embedder {
-    model: Model,
+    model: TileEmbedderModel,
     manifest: Manifest,
 }
 
@@ -35,45 +35,37 @@ impl Embedder {
     /// stems do not all claim every core).
     pub fn open_with_threads(dir: &Path, provider: Provider, threads: usize) -> Result<Embedder, ModelError> {
         let (manifest, model) = modelset::open_with_threads(dir, contract::EMBEDDER, provider, threads)?;
-        Ok(Embedder { model, manifest })
+        Ok(Embedder { model: TileEmbedderModel::from_model(model), manifest })
     }
 
     pub fn provider(&self) -> Provider {
-        self.model.provider
+        self.model.provider()
     }
 
     pub fn manifest(&self) -> &Manifest {
         &self.manifest
     }
 
-    /// Masks for a batch of magnitude blocks `[B, BINS, frames]`, all carrying `word` (already
-    /// framed and scrambled) under `key`, scaled to `strength`.
-    pub fn masks(&mut self, magnitude: ArrayView3<f32>, word: u32, key: &Key, strength: f32) -> Result<Array3<f32>, ModelError> {
-        let b = magnitude.dim().0;
-        let msg = payload::to_bipolar(word);
-        let kv = key.vector();
-        let message = Array2::from_shape_fn((b, MESSAGE_BITS), |(_, i)| msg[i]);
-        let keys = Array2::from_shape_fn((b, KEY_DIM), |(_, i)| kv[i]);
-        let magnitude = magnitude.as_standard_layout();
-        let run_err = |e: ort::Error| RuntimeError::Run { role: "embedder", why: e.to_string() };
-        let outputs = self
-            .model
-            .session
-            .run(ort::inputs![
-                "magnitude" => TensorRef::from_array_view(magnitude.view()).map_err(run_err)?,
-                "message" => TensorRef::from_array_view(message.view()).map_err(run_err)?,
-                "key" => TensorRef::from_array_view(keys.view()).map_err(run_err)?,
-            ])
-            .map_err(run_err)?;
-        let mask = outputs["mask"].try_extract_array::<f32>().map_err(run_err)?;
-        if mask.shape() != magnitude.shape() {
-            return Err(RuntimeError::Run { role: "embedder", why: format!("mask has shape {:?}", mask.shape()) }.into());
+    /// Masks for whole blocks of mid magnitude `[B, BINS, FRAMES_PER_BLOCK]`: block i is grid
+    /// block `blocks[i]` and carries `messages[i]` (±1 per bit, under its block mask), at
+    /// `strength` (a power of the designed mask).
+    pub fn masks(
+        &mut self,
+        magnitude: ArrayView3<f32>,
+        patterns: &Patterns,
+        messages: &[[f32; MESSAGE_BITS]],
+        blocks: &[i64],
+        strength: f32,
+    ) -> Result<Array3<f32>, ModelError> {
+        let mask = self.model.masks(magnitude, patterns, messages, blocks)?;
+        // Keep every gain inside the (scaled) designed cap, so a model that overshoots can never
+        // write more than the promised change; a non-finite value leaves the cell alone.
+        let cap = (self.manifest.channel.cell_cap * strength as f64) as f32;
+        let out = mask.mapv(|m| if m.is_finite() && m > 0.0 { (strength * m.ln()).clamp(-cap, cap).exp() } else { 1.0 });
+        if out.dim().2 != FRAMES_PER_BLOCK {
+            return Err(RuntimeError::Run { role: "embedder", why: format!("mask has shape {:?}", out.dim()) }.into());
         }
-        // Scale the deviation from 1 and keep it inside the (scaled) trained bound, so a model
-        // that overshoots can never produce more than the promised change.
-        let bound = self.manifest.mask_bound * strength;
-        let mask = mask.mapv(|m| if m.is_finite() { (1.0 + strength * (m - 1.0)).clamp(1.0 - bound, 1.0 + bound) } else { 1.0 });
-        Ok(mask.into_dimensionality().expect("checked shape"))
+        Ok(out)
     }
 
     /// Marks a whole stem (1 or 2 channels at 44.1 kHz) in every block of the grid that starts

@@ -9,8 +9,11 @@ use sha2::{Digest, Sha256};
 use crate::contract::{self, Contract};
 use crate::decision::Calibration;
 use crate::spec::SignalSpec;
+use crate::tile::Params;
 
-pub const FORMAT: &str = "stemmark-models-1";
+pub const FORMAT: &str = "stemmark-models-2";
+/// The learned channel's models (embedder and detector conditioned on a key vector).
+const OLD_FORMATS: [&str; 1] = ["stemmark-models-1"];
 pub const FILE: &str = "manifest.toml";
 
 #[derive(Debug, thiserror::Error)]
@@ -21,6 +24,8 @@ pub enum ManifestError {
     Read { path: PathBuf, why: String },
     #[error("{path} is not a Stemmark model manifest: {why}")]
     Format { path: PathBuf, why: String },
+    #[error("the models in {dir} are format {found} (the learned channel); this build runs the tile channel, format {FORMAT}: upgrade the folder with `stemmark export --channel-only -o DIR` (keeps its separator), or use the models of this checkout or release (models/)")]
+    OldFormat { dir: PathBuf, found: String },
     #[error("the models in {dir} were made for a different signal spec: {why}")]
     Spec { dir: PathBuf, why: String },
     #[error("{role} model file {path} is missing")]
@@ -41,8 +46,9 @@ pub struct Manifest {
     /// "trained" for shipped models; "plumbing" for random-weight test models, never shipped.
     pub kind: String,
     pub spec: SignalSpec,
-    /// The embedder's mask stays within 1 ± mask_bound.
-    pub mask_bound: f32,
+    /// The tile channel's constants the models were built with (the graphs hold them as
+    /// initialisers; the window combination in Rust reads them from here).
+    pub channel: Params,
     pub calibration: Calibration,
     pub models: BTreeMap<String, ModelEntry>,
     /// Data, steps, hardware, wall time and measured metrics of the run (free-form).
@@ -62,7 +68,7 @@ pub fn sha256_file(path: &Path) -> std::io::Result<String> {
 
 impl Manifest {
     /// A manifest describing the three model files already in `dir` (their checksums now).
-    pub fn describe(dir: &Path, kind: &str, mask_bound: f32, calibration: Calibration) -> Result<Manifest, ManifestError> {
+    pub fn describe(dir: &Path, kind: &str, channel: Params, calibration: Calibration) -> Result<Manifest, ManifestError> {
         let mut models = BTreeMap::new();
         for c in contract::ALL {
             let path = dir.join(c.file);
@@ -73,7 +79,7 @@ impl Manifest {
             format: FORMAT.into(),
             kind: kind.into(),
             spec: SignalSpec::CURRENT,
-            mask_bound,
+            channel,
             calibration,
             models,
             provenance: toml::Table::new(),
@@ -87,6 +93,11 @@ impl Manifest {
             return Err(ManifestError::Missing(path));
         }
         let text = std::fs::read_to_string(&path).map_err(|e| ManifestError::Read { path: path.clone(), why: e.to_string() })?;
+        // The format first: an old folder is named as such, not as a parse error of its fields.
+        let format = toml::from_str::<toml::Table>(&text).ok().and_then(|t| t.get("format")?.as_str().map(String::from));
+        if let Some(old) = format.filter(|f| OLD_FORMATS.contains(&f.as_str())) {
+            return Err(ManifestError::OldFormat { dir: dir.into(), found: old });
+        }
         let m: Manifest =
             toml::from_str(&text).map_err(|e| ManifestError::Format { path: path.clone(), why: e.message().to_string() })?;
         if m.format != FORMAT {
@@ -137,7 +148,7 @@ mod tests {
     #[test]
     fn round_trip_and_checksums() {
         let d = fake_dir();
-        let m = Manifest::describe(d.path(), "plumbing", 0.1, Calibration::default()).unwrap();
+        let m = Manifest::describe(d.path(), "plumbing", Params::default(), Calibration::default()).unwrap();
         m.save(d.path()).unwrap();
         let back = Manifest::load(d.path()).unwrap();
         assert_eq!(back, m);
@@ -154,9 +165,18 @@ mod tests {
     fn wrong_spec_and_missing_manifest_are_clear() {
         let d = fake_dir();
         assert!(Manifest::load(d.path()).unwrap_err().to_string().contains("no model manifest"));
-        let mut m = Manifest::describe(d.path(), "plumbing", 0.1, Calibration::default()).unwrap();
+        let mut m = Manifest::describe(d.path(), "plumbing", Params::default(), Calibration::default()).unwrap();
         m.spec.hop += 1;
         m.save(d.path()).unwrap();
         assert!(Manifest::load(d.path()).unwrap_err().to_string().contains("different signal spec"));
+    }
+
+    #[test]
+    fn an_old_model_folder_says_what_to_do() {
+        let d = fake_dir();
+        let old = "format = \"stemmark-models-1\"\nkind = \"trained\"\nmask_bound = 0.2\n";
+        std::fs::write(d.path().join(FILE), old).unwrap();
+        let e = Manifest::load(d.path()).unwrap_err().to_string();
+        assert!(e.contains("stemmark-models-1") && e.contains("stemmark export --channel-only"), "{e}");
     }
 }

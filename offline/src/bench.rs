@@ -181,9 +181,9 @@ pub fn tile_table(size: Size) -> anyhow::Result<String> {
     use stemmark_models::decision::{Calibration, GridIndex};
     use stemmark_models::keys::Key;
     use stemmark_models::runtime::Provider;
-    use stemmark_models::tile::window::{self, WindowBlock};
+    use stemmark_models::tile::window;
     use stemmark_models::tile::{
-        Params, Patterns, TileDetectorModel, TileEmbedderModel, reference, testsignal,
+        BlockFeature, Params, Patterns, TileDetectorModel, TileEmbedderModel, reference, testsignal,
     };
 
     let params = Params::default();
@@ -216,36 +216,36 @@ pub fn tile_table(size: Size) -> anyhow::Result<String> {
         })?,
     ));
     let mid = reference::mid(&marked);
-    let reference_read = |keys: &[Key]| -> anyhow::Result<()> {
-        let features = reference::block_features(&mid, &params)?;
+    // Features once per reading (key-independent), then the keyed sums per key and shift.
+    let decide_all = |features: &[BlockFeature], keys: &[Key], grid: GridIndex| {
+        let blocks: Vec<(i64, &BlockFeature)> = features.iter().enumerate().map(|(b, f)| (b as i64, f)).collect();
         for key in keys {
             let p = Patterns::from_key(key);
-            let w: Vec<WindowBlock> = features
-                .iter()
-                .enumerate()
-                .map(|(b, f)| WindowBlock { index: b as i64, sums: f.cell_sums(&p, b as i64) })
-                .collect();
-            std::hint::black_box(window::decide(&w, key, &cal, GridIndex::Known, &params));
+            std::hint::black_box(window::decide(&blocks, &p, key, &cal, grid, &params));
         }
-        Ok(())
     };
-    rows.push((
-        "tile detect, Rust reference, 1 key".into(),
-        once(&mut || reference_read(&keys[..1]))?,
-    ));
-    rows.push((
-        "tile detect, Rust reference, 4 keys (one feature)".into(),
-        once(&mut || reference_read(&keys))?,
-    ));
-    let mut model_read = |keys: &[Key]| -> anyhow::Result<()> {
-        for key in keys {
-            let w = det.window(&mid, key)?;
-            std::hint::black_box(window::decide(&w, key, &cal, GridIndex::Known, &params));
-        }
-        Ok(())
-    };
-    rows.push(("tile detect, ONNX models, 1 key".into(), once(&mut || model_read(&keys[..1]))?));
-    rows.push(("tile detect, ONNX models, 4 keys".into(), once(&mut || model_read(&keys))?));
+    for (n, label) in [(1, "1 key"), (4, "4 keys")] {
+        rows.push((
+            format!("tile detect, Rust reference, {label}"),
+            once(&mut || {
+                decide_all(&reference::block_features(&mid, &params)?, &keys[..n], GridIndex::Known);
+                Ok(())
+            })?,
+        ));
+    }
+    for (n, grid, label) in [
+        (1, GridIndex::Known, "1 key"),
+        (4, GridIndex::Known, "4 keys"),
+        (1, GridIndex::Search, "1 key, 16 grid shifts searched"),
+    ] {
+        rows.push((
+            format!("tile detect, ONNX models, {label}"),
+            once(&mut || {
+                decide_all(&det.features_of(&mid)?, &keys[..n], grid);
+                Ok(())
+            })?,
+        ));
+    }
 
     let mut table = String::from(
         "| tile channel task (one thread) | audio seconds | wall seconds | × real time |\n|---|---:|---:|---:|\n",
@@ -273,7 +273,7 @@ mod tests {
         stemmark_models::runtime::init(None, &[]).expect("ONNX Runtime (run `cargo xtask setup`)");
         let t = super::tile_table(super::Size::QUICK).unwrap();
         let rows = t.lines().filter(|l| l.starts_with("| tile embed") || l.starts_with("| tile detect"));
-        assert_eq!(rows.count(), 6, "{t}");
+        assert_eq!(rows.count(), 7, "{t}");
     }
 
     #[test]

@@ -1,19 +1,20 @@
-//! Fixtures for tests: a complete plumbing model folder (random-weight models that follow the
-//! contracts, with a manifest marked `kind = "plumbing"`) and synthetic audio.
+//! Fixtures for tests: a complete plumbing model folder (the tile channel's models and a
+//! random-weight separator, with a manifest marked `kind = "plumbing"`) and synthetic audio.
 
 use std::path::Path;
 
 use anyhow::Result;
 use stemmark_models::decision::Calibration;
 use stemmark_models::manifest::Manifest;
+use stemmark_models::tile::Params;
 
 use crate::audio::Audio;
-use crate::onnx::testmodels::{MASK_BOUND, write_plumbing_models};
+use crate::onnx::testmodels::write_plumbing_models;
 
 /// Writes plumbing models and their manifest into `dir`.
 pub fn plumbing_model_dir(dir: &Path, seed: u64) -> Result<Manifest> {
     write_plumbing_models(dir, seed)?;
-    let m = Manifest::describe(dir, "plumbing", MASK_BOUND, Calibration::default())?;
+    let m = Manifest::describe(dir, "plumbing", Params::default(), Calibration::default())?;
     m.save(dir)?;
     Ok(m)
 }

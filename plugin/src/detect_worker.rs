@@ -324,7 +324,7 @@ impl DetectWorker {
             run.skip = run.to_boundary();
             run.block_after_skip()
         });
-        match DetectStream::new(CH, keys, m.calibration, true, first_block) {
+        match DetectStream::new(CH, keys, m.calibration, *m.detector.channel(), true, first_block) {
             Ok(s) => {
                 w.stream = Some(s);
                 self.shared.set_state(State::Analysing);

@@ -29,6 +29,7 @@ use stemmark_models::keys::Key;
 use stemmark_models::manifest::Manifest;
 use stemmark_models::runtime::{self, Provider};
 use stemmark_models::spec::{BLOCK, SAMPLE_RATE};
+use stemmark_models::tile::window;
 use stemmark_offline::audio::Audio;
 use stemmark_offline::testkit;
 use stemmark_tests::fixtures::{bundle, read_raw, tail, wesnoth_44k, workspace_root, write_raw};
@@ -167,6 +168,16 @@ fn cli_report(models: &Path, mix: &[Vec<f32>]) -> Value {
     serde_json::to_value(&r).unwrap()
 }
 
+/// What the plugin and the CLI must agree on: (key, payload, found on the mix?) of every "found"
+/// entry, sorted. Which separated stems also carried it may differ: the plugin separates each
+/// block with 1 s of context, the CLI the whole file in 8 s segments, so a reading near the
+/// threshold on a separated stem can land on either side.
+fn agreed_set(found: &Value) -> Vec<(String, u64, bool)> {
+    let mut v: Vec<_> = found_set(found).into_iter().map(|(k, p, places)| (k, p, places.iter().any(|x| x == "mix"))).collect();
+    v.sort();
+    v
+}
+
 /// (key, payload, places) of every "found" entry, sorted.
 fn found_set(found: &Value) -> Vec<(String, u64, Vec<String>)> {
     let mut v: Vec<_> = found
@@ -223,7 +234,7 @@ fn on_a_marked_mix_results_match_stemmark_detect_and_audio_passes_bit_exact() {
         assert_eq!(p["verdict"], c["verdict"]);
         assert_eq!(p["payload"], c["payload"]);
     }
-    assert_eq!(found_set(&det["found"]), found_set(&cli["found"]), "plugin and CLI disagree on what was found");
+    assert_eq!(agreed_set(&det["found"]), agreed_set(&cli["found"]), "plugin and CLI disagree on what was found");
     if child.trained {
         let found = found_set(&det["found"]);
         assert!(found.iter().all(|(k, _, _)| k != KEYS[2].0), "the unused key found something: {found:?}");
@@ -296,10 +307,10 @@ fn a_mix_later_on_the_timeline_is_read_with_its_blocks_timeline_masks() {
     let cal = detector.calibration();
     let mid: Vec<f32> = (0..mix[0].len()).map(|i| 0.5 * (mix[0][i] + mix[1][i])).collect();
     for (i, (name, _)) in KEYS.iter().enumerate() {
-        let mut blocks = detector.grid_logits(&mid, 0, &key(i), usize::MAX).unwrap();
-        let at_zero = decision::decide(&blocks, &key(i), &cal, decision::GridIndex::Known);
-        blocks.iter_mut().for_each(|b| b.index += first_block);
-        let on_timeline = decision::decide(&blocks, &key(i), &cal, decision::GridIndex::Known);
+        let blocks = detector.grid_logits(&mid, 0, 0, &key(i), usize::MAX).unwrap();
+        let at_zero = window::decide_logits(&blocks, &key(i), &cal, decision::GridIndex::Known);
+        let blocks = detector.grid_logits(&mid, 0, first_block, &key(i), usize::MAX).unwrap();
+        let on_timeline = window::decide_logits(&blocks, &key(i), &cal, decision::GridIndex::Known);
         let p = det["readings"].as_array().unwrap().iter().find(|r| r["path"] == "mix" && r["key"] == *name).unwrap();
         let zp = p["z"].as_f64().unwrap();
         println!("key {name}: plugin z {zp:.3}; file read from block {first_block} z {:.3}, from block 0 z {:.3}", on_timeline.z, at_zero.z);
@@ -348,7 +359,7 @@ fn cuda_asked_for_without_a_gpu_falls_back_to_the_cpu_and_reads_the_same() {
     let det = child.detect_json();
     assert_eq!(det["complete"], json!(true), "{det:#}");
     let cli = cli_report(&child.models, &mix);
-    assert_eq!(found_set(&det["found"]), found_set(&cli["found"]), "plugin (CUDA → CPU) and CLI disagree");
+    assert_eq!(agreed_set(&det["found"]), agreed_set(&cli["found"]), "plugin (CUDA → CPU) and CLI disagree");
 }
 
 #[test]

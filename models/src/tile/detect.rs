@@ -77,6 +77,37 @@ impl BlockFeature {
         })
     }
 
+    /// A feature from a model's outputs: per unit its value and its cell (a whole number below
+    /// [`CELLS`], as a float).
+    pub fn from_parts(values: &[f32], cells: &[f32]) -> Result<BlockFeature, TileError> {
+        if values.len() != TILE_UNITS || cells.len() != TILE_UNITS {
+            return Err(TileError::Feature(format!(
+                "{} values and {} cells for {TILE_UNITS} units",
+                values.len(),
+                cells.len()
+            )));
+        }
+        if values.iter().any(|x| !x.is_finite()) {
+            return Err(TileError::Feature("a unit value is NaN or infinite".into()));
+        }
+        let unit_cell = cells
+            .iter()
+            .map(|&c| (c.fract() == 0.0 && (0.0..CELLS as f32).contains(&c)).then_some(c as u8))
+            .collect::<Option<Vec<u8>>>()
+            .ok_or_else(|| {
+                TileError::Feature(format!("a unit's cell is not a whole number below {CELLS}"))
+            })?;
+        Ok(BlockFeature {
+            unit_diff: values.iter().map(|&x| x as f64).collect(),
+            unit_cell,
+        })
+    }
+
+    /// Per unit: its value and its cell (for comparing two readings).
+    pub fn parts(&self) -> (&[f64], &[u8]) {
+        (&self.unit_diff, &self.unit_cell)
+    }
+
     /// The block's sums for `patterns` with the signs of grid block `block`.
     pub fn cell_sums(&self, patterns: &Patterns, block: i64) -> CellSums {
         let signs = patterns.block_signs(block);

@@ -107,6 +107,8 @@ pub enum TileError {
     },
     #[error("the block's magnitude holds NaN or infinite values")]
     NonFinite,
+    #[error("a detector model returned an unusable feature: {0}")]
+    Feature(String),
 }
 
 /// Median as numpy takes it (the mean of the two middle values for an even count). Reorders `v`.

@@ -8,14 +8,13 @@ use ndarray::{Array2, Array3, ArrayView3};
 use ort::value::TensorRef;
 
 use super::reference::mid;
-use super::window::WindowBlock;
-use super::{CellSums, Patterns};
+use super::{BlockFeature, Patterns};
 use crate::contract;
 use crate::keys::Key;
 use crate::payload;
 use crate::runtime::{Model, Provider, RuntimeError};
 use crate::spec::{
-    BINS, BLOCK, CELLS, FRAMES_PER_BLOCK, MESSAGE_BITS, TILE_ROWS, TILE_UNIT_COLS, TILE_UNITS,
+    BINS, BLOCK, FRAMES_PER_BLOCK, MESSAGE_BITS, TILE_ROWS, TILE_UNIT_COLS, TILE_UNITS,
 };
 use crate::stft::Stft;
 
@@ -37,8 +36,18 @@ pub struct TileEmbedderModel {
 impl TileEmbedderModel {
     pub fn open(path: &Path, provider: Provider, threads: usize) -> Result<Self, RuntimeError> {
         Ok(TileEmbedderModel {
-            model: Model::open(path, contract::TILE_EMBEDDER, provider, threads)?,
+            model: Model::open(path, contract::EMBEDDER, provider, threads)?,
         })
+    }
+
+    /// Wraps a session opened (and checked) for [`contract::EMBEDDER`].
+    pub fn from_model(model: Model) -> Self {
+        debug_assert_eq!(model.contract.role, contract::EMBEDDER.role);
+        TileEmbedderModel { model }
+    }
+
+    pub fn provider(&self) -> Provider {
+        self.model.provider
     }
 
     /// Masks `[B, BINS, FRAMES_PER_BLOCK]` for magnitude blocks `[B, BINS, FRAMES_PER_BLOCK]`;
@@ -154,95 +163,85 @@ pub struct TileDetectorModel {
 impl TileDetectorModel {
     pub fn open(path: &Path, provider: Provider, threads: usize) -> Result<Self, RuntimeError> {
         Ok(TileDetectorModel {
-            model: Model::open(path, contract::TILE_DETECTOR, provider, threads)?,
+            model: Model::open(path, contract::DETECTOR, provider, threads)?,
         })
     }
 
-    /// Cell sums of magnitude blocks `[B, BINS, FRAMES_PER_BLOCK]` (each block's own STFT) read
-    /// with `patterns`, block i as grid block `blocks[i]`.
-    pub fn sums(
+    /// Wraps a session opened (and checked) for [`contract::DETECTOR`].
+    pub fn from_model(model: Model) -> Self {
+        debug_assert_eq!(model.contract.role, contract::DETECTOR.role);
+        TileDetectorModel { model }
+    }
+
+    pub fn provider(&self) -> Provider {
+        self.model.provider
+    }
+
+    /// The key-independent features of magnitude blocks `[B, BINS, FRAMES_PER_BLOCK]` (each
+    /// block's own STFT); [`BlockFeature::cell_sums`] reads them with a key at a grid index.
+    pub fn features(
         &mut self,
         magnitude: ArrayView3<f32>,
-        patterns: &Patterns,
-        blocks: &[i64],
-    ) -> Result<Vec<CellSums>, RuntimeError> {
+    ) -> Result<Vec<BlockFeature>, RuntimeError> {
         let role = "detector";
         let b = magnitude.dim().0;
-        if blocks.len() != b {
-            return Err(RuntimeError::Run {
-                role,
-                why: format!("{b} blocks, {} indices", blocks.len()),
-            });
-        }
-        let allocation: Vec<f32> = blocks
-            .iter()
-            .flat_map(|&k| patterns.detect_allocation(k))
-            .collect();
-        let allocation = Array3::from_shape_vec((b, MESSAGE_BITS, TILE_UNITS), allocation)
-            .expect("one allocation per block");
         let magnitude = magnitude.as_standard_layout();
         let outputs = self
             .model
             .session
             .run(ort::inputs![
                 "magnitude" => TensorRef::from_array_view(magnitude.view()).map_err(run_err(role))?,
-                "allocation" => TensorRef::from_array_view(allocation.view()).map_err(run_err(role))?,
             ])
             .map_err(run_err(role))?;
-        let get = |name: &str| -> Result<Array2<f64>, RuntimeError> {
+        let get = |name: &str| -> Result<Array2<f32>, RuntimeError> {
             let x = outputs[name]
                 .try_extract_array::<f32>()
                 .map_err(run_err(role))?;
-            if x.shape() != [b, MESSAGE_BITS, CELLS] {
+            if x.shape() != [b, TILE_UNITS] {
                 return Err(RuntimeError::Run {
                     role,
                     why: format!("{name} have shape {:?}", x.shape()),
                 });
             }
-            Ok(x.mapv(f64::from)
-                .into_shape_with_order((b * MESSAGE_BITS, CELLS))
-                .expect("checked shape"))
+            Ok(x.to_owned().into_dimensionality().expect("checked shape"))
         };
-        let (s, v) = (get("sums")?, get("variances")?);
-        Ok((0..b)
-            .map(|i| CellSums {
-                s: std::array::from_fn(|bit| {
-                    std::array::from_fn(|e| s[[i * MESSAGE_BITS + bit, e]])
-                }),
-                v: std::array::from_fn(|bit| {
-                    std::array::from_fn(|e| v[[i * MESSAGE_BITS + bit, e]])
-                }),
+        let (values, cells) = (get("unit_values")?, get("unit_cells")?);
+        values
+            .outer_iter()
+            .zip(cells.outer_iter())
+            .map(|(v, c)| {
+                BlockFeature::from_parts(
+                    v.as_slice().expect("standard layout"),
+                    c.as_slice().expect("standard layout"),
+                )
+                .map_err(|e| RuntimeError::Run {
+                    role,
+                    why: e.to_string(),
+                })
             })
-            .collect())
+            .collect()
     }
 }
 
 impl TileDetectorModel {
-    /// Every whole block of `mid` (block k = grid block k) read with `key`, each from its own
-    /// STFT, for [`super::window::decide`].
-    pub fn window(&mut self, mid: &[f32], key: &Key) -> Result<Vec<WindowBlock>, RuntimeError> {
-        let patterns = Patterns::from_key(key);
+    /// The features of every whole block of `mid` (block k = grid block k), each from its own
+    /// STFT.
+    pub fn features_of(&mut self, mid: &[f32]) -> Result<Vec<BlockFeature>, RuntimeError> {
         let mut stft = Stft::new();
-        let indices: Vec<i64> = (0..(mid.len() / BLOCK) as i64).collect();
-        let mut out = Vec::with_capacity(indices.len());
-        for batch in indices.chunks(BATCH) {
+        let blocks: Vec<&[f32]> = mid.chunks_exact(BLOCK).collect();
+        let mut out = Vec::with_capacity(blocks.len());
+        for batch in blocks.chunks(BATCH) {
             let mut mag = Array3::zeros((batch.len(), BINS, FRAMES_PER_BLOCK));
-            for (i, &b) in batch.iter().enumerate() {
-                let spec = stft.forward(&mid[b as usize * BLOCK..(b as usize + 1) * BLOCK]);
-                let block = spec
+            for (i, block) in batch.iter().enumerate() {
+                let spec = stft.forward(block);
+                let frames = spec
                     .slice_frames(0..FRAMES_PER_BLOCK)
                     .expect("a block has its frames");
-                block
+                frames
                     .magnitude_into(mag.index_axis_mut(ndarray::Axis(0), i))
                     .expect("block shape");
             }
-            let sums = self.sums(mag.view(), &patterns, batch)?;
-            out.extend(
-                batch
-                    .iter()
-                    .zip(sums)
-                    .map(|(&index, sums)| WindowBlock { index, sums }),
-            );
+            out.extend(self.features(mag.view())?);
         }
         Ok(out)
     }

@@ -125,17 +125,6 @@ impl Patterns {
             .collect()
     }
 
-    /// The detector model's `allocation` input for one block, `[MESSAGE_BITS, TILE_UNITS]`
-    /// row-major: the unit's sign in its bit's row, 0 elsewhere.
-    pub fn detect_allocation(&self, block: i64) -> Vec<f32> {
-        let signs = self.block_signs(block);
-        let mut a = vec![0.0f32; MESSAGE_BITS * TILE_UNITS];
-        for (u, (&b, s)) in self.unit_bit.iter().zip(signs).enumerate() {
-            a[b as usize * TILE_UNITS + u] = s;
-        }
-        a
-    }
-
     /// The patterns as plain arrays (bit per unit, sign per unit, scramble rows), for the parity
     /// test against the prototype and for the models' pattern tensors.
     pub fn arrays(&self) -> (&[u8], &[f32], &[Vec<f32>]) {
@@ -216,23 +205,9 @@ mod tests {
         let p = Patterns::from_key(&key(3));
         let message: [f32; MESSAGE_BITS] =
             std::array::from_fn(|b| if b % 3 == 0 { -1.0 } else { 1.0 });
-        let (signs, pattern, allocation) = (
-            p.block_signs(5),
-            p.embed_pattern(&message, 5),
-            p.detect_allocation(5),
-        );
+        let (signs, pattern) = (p.block_signs(5), p.embed_pattern(&message, 5));
         for u in 0..TILE_UNITS {
-            let bit = p.unit_bit[u] as usize;
-            assert_eq!(pattern[u], signs[u] * message[bit]);
-            let column: Vec<f32> = (0..MESSAGE_BITS)
-                .map(|b| allocation[b * TILE_UNITS + u])
-                .collect();
-            assert_eq!(
-                column.iter().filter(|&&a| a != 0.0).count(),
-                1,
-                "one bit per unit"
-            );
-            assert_eq!(column[bit], signs[u]);
+            assert_eq!(pattern[u], signs[u] * message[p.unit_bit[u] as usize]);
         }
     }
 

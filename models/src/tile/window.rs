@@ -14,7 +14,7 @@
 //! payloads in 192 of 200 readings at z 0.7 per block over 15 blocks where sign agreement gives
 //! 118, and 175 vs 74 at z 1.1 over 5 blocks; no wrong payload either way.
 
-use super::{CellSums, Params, block_logits};
+use super::{BlockFeature, CellSums, Params, Patterns, block_logits};
 use crate::decision::{
     Calibration, Decision, GridBlock, GridIndex, MAX_WORD_ERRORS, chi_square_z, conclude, unmasked,
 };
@@ -41,15 +41,57 @@ pub fn window_logits(blocks: &[WindowBlock], params: &Params) -> Vec<GridBlock> 
         .collect()
 }
 
-/// Decides on a key's window of blocks.
+/// A key's reading of block features, block i at grid index `blocks[i].0 + shift`: the cell sums
+/// use that index's scramble, the logits are weighted from the other blocks (still masked).
+pub fn shifted_logits(
+    blocks: &[(i64, &BlockFeature)],
+    patterns: &Patterns,
+    shift: usize,
+    params: &Params,
+) -> Vec<GridBlock> {
+    let window: Vec<WindowBlock> = blocks
+        .iter()
+        .map(|&(index, f)| WindowBlock {
+            index,
+            sums: f.cell_sums(patterns, index + shift as i64),
+        })
+        .collect();
+    window_logits(&window, params)
+}
+
+/// Decides on a key's window of block features (`blocks`: the reader's grid index and the
+/// feature). A search reads the blocks at every shift of the mask cycle — the shift picks both
+/// the key's scramble row in the sums and the block mask — and keeps the largest S.
 pub fn decide(
-    blocks: &[WindowBlock],
+    blocks: &[(i64, &BlockFeature)],
+    patterns: &Patterns,
     key: &Key,
     cal: &Calibration,
     grid: GridIndex,
     params: &Params,
 ) -> Decision {
-    decide_logits(&window_logits(blocks, params), key, cal, grid)
+    let (shift, s, lined_up) = best_shift_features(blocks, patterns, key, grid, params);
+    finish(shift, s, &lined_up, key, cal, grid)
+}
+
+/// [`best_shift`] for block features: each shift's logits come from that shift's sums.
+pub fn best_shift_features(
+    blocks: &[(i64, &BlockFeature)],
+    patterns: &Patterns,
+    key: &Key,
+    grid: GridIndex,
+    params: &Params,
+) -> (usize, f64, Vec<GridBlock>) {
+    let mut best = (0, f64::NEG_INFINITY, Vec::new());
+    for shift in 0..grid.hypotheses() {
+        let logits = shifted_logits(blocks, patterns, shift, params);
+        let u = lined_up(&logits, key, shift);
+        let s = chi_square(&combined_z(&u));
+        if s > best.1 {
+            best = (shift, s, u);
+        }
+    }
+    best
 }
 
 /// Z per bit: the unmasked logits summed over blocks, over √K.
@@ -70,28 +112,56 @@ pub fn expected_errors(z: &[f64; MESSAGE_BITS]) -> f64 {
         .sum()
 }
 
-/// [`decide`] from per-block logits that are N(0, 1) per bit without a mark.
+/// The shift (of those `grid` allows) whose unmasked blocks give the largest S: the shift, S and
+/// those blocks (finite ones only). Ties go to the smallest shift.
+pub fn best_shift(
+    blocks: &[GridBlock],
+    key: &Key,
+    grid: GridIndex,
+) -> (usize, f64, Vec<GridBlock>) {
+    let mut best = (0, f64::NEG_INFINITY, Vec::new());
+    for shift in 0..grid.hypotheses() {
+        let u = lined_up(blocks, key, shift);
+        let s = chi_square(&combined_z(&u));
+        if s > best.1 {
+            best = (shift, s, u);
+        }
+    }
+    best
+}
+
+/// The finite blocks with the masks for embedder index = reader's + `shift` taken off.
+fn lined_up(blocks: &[GridBlock], key: &Key, shift: usize) -> Vec<GridBlock> {
+    let finite: Vec<GridBlock> = blocks
+        .iter()
+        .filter(|b| b.logits.iter().all(|x| x.is_finite()))
+        .copied()
+        .collect();
+    unmasked(&finite, key, shift)
+}
+
+/// A decision from per-block logits that are N(0, 1) per bit without a mark and do not depend on
+/// the grid shift (a search only re-masks them): the Known reading of [`decide`], and synthetic
+/// tests. The detector's logits do depend on it: search with [`decide`].
 pub fn decide_logits(
     blocks: &[GridBlock],
     key: &Key,
     cal: &Calibration,
     grid: GridIndex,
 ) -> Decision {
-    let finite: Vec<GridBlock> = blocks
-        .iter()
-        .filter(|b| b.logits.iter().all(|x| x.is_finite()))
-        .copied()
-        .collect();
-    let mut best = (0, f64::NEG_INFINITY, Vec::new());
-    for shift in 0..grid.hypotheses() {
-        let u = unmasked(&finite, key, shift);
-        let s = chi_square(&combined_z(&u));
-        if s > best.1 {
-            best = (shift, s, u);
-        }
-    }
-    let (shift, s, lined_up) = best;
-    let z = combined_z(&lined_up);
+    let (shift, s, lined_up) = best_shift(blocks, key, grid);
+    finish(shift, s, &lined_up, key, cal, grid)
+}
+
+fn finish(
+    shift: usize,
+    s: f64,
+    lined_up: &[GridBlock],
+    key: &Key,
+    cal: &Calibration,
+    grid: GridIndex,
+) -> Decision {
+    let z = combined_z(lined_up);
     // No blocks: nothing beyond chance (S = 32 is χ²₃₂'s mean).
     let raw_z = if lined_up.is_empty() {
         chi_square_z(MESSAGE_BITS as f64, MESSAGE_BITS)
@@ -221,17 +291,20 @@ mod tests {
         .unwrap()
         .remove(0);
         let read = |x: &[f32], key: &Key| {
-            let p = Patterns::from_key(key);
-            let w: Vec<WindowBlock> = reference::block_features(x, &params)
-                .unwrap()
+            let features = reference::block_features(x, &params).unwrap();
+            let blocks: Vec<(i64, &BlockFeature)> = features
                 .iter()
                 .enumerate()
-                .map(|(i, f)| WindowBlock {
-                    index: i as i64,
-                    sums: f.cell_sums(&p, i as i64),
-                })
+                .map(|(i, f)| (i as i64, f))
                 .collect();
-            decide(&w, key, &Calibration::default(), GridIndex::Search, &params)
+            decide(
+                &blocks,
+                &Patterns::from_key(key),
+                key,
+                &Calibration::default(),
+                GridIndex::Search,
+                &params,
+            )
         };
         let d = read(&marked, &k);
         println!(
@@ -241,6 +314,17 @@ mod tests {
         assert_eq!(
             (d.verdict, d.payload, d.grid_shift),
             (Verdict::Found, Some(0xab_cd), 0)
+        );
+        // Cut after 3 blocks: the reader's block 0 is the embedder's block 3, whose scramble row
+        // and mask the search must find.
+        let d = read(&marked[3 * crate::spec::BLOCK..], &k);
+        println!(
+            "cut: z {:.1}, shift {}, payload {:?}",
+            d.z, d.grid_shift, d.payload
+        );
+        assert_eq!(
+            (d.verdict, d.payload, d.grid_shift),
+            (Verdict::Found, Some(0xab_cd), 3)
         );
         for (what, x, key) in [("unmarked", &host, &k), ("other key", &marked, &key(10))] {
             let d = read(x, key);
@@ -267,15 +351,19 @@ mod tests {
             for i in 0..25u8 {
                 let k = key(100 + i);
                 let p = Patterns::from_key(&k);
-                let w: Vec<WindowBlock> = features
+                let blocks: Vec<(i64, &BlockFeature)> = features
                     .iter()
                     .enumerate()
-                    .map(|(b, f)| WindowBlock {
-                        index: b as i64,
-                        sums: f.cell_sums(&p, b as i64),
-                    })
+                    .map(|(b, f)| (b as i64, f))
                     .collect();
-                let d = decide(&w, &k, &Calibration::default(), GridIndex::Known, &params);
+                let d = decide(
+                    &blocks,
+                    &p,
+                    &k,
+                    &Calibration::default(),
+                    GridIndex::Known,
+                    &params,
+                );
                 assert_ne!(d.verdict, Verdict::Found, "{name} with key {i}");
                 zs.push(d.z);
             }

@@ -116,7 +116,7 @@ fn model_table(dir: &std::path::Path, opts: &ModelOpts, seconds: usize) -> Resul
     for threads in [1, 2] {
         let mut det = Detector::open_with_threads(dir, opts.provider, threads)?;
         let mut sep = Separator::open_with_threads(dir, opts.provider, threads)?;
-        let mut stream = DetectStream::new(2, ring.clone(), det.calibration(), true, 0)?;
+        let mut stream = DetectStream::new(2, ring.clone(), det.calibration(), *det.channel(), true, 0)?;
         let t = Instant::now();
         stream.push(&mut det, Some(&mut sep), &chunks)?;
         stream.finish(&mut det, Some(&mut sep))?;

@@ -1,4 +1,6 @@
-//! `stemmark export`: trained weights → the three ONNX files and their manifest (pure Rust).
+//! `stemmark export`: trained weights → the three ONNX files and their manifest (pure Rust); or,
+//! with `--channel-only`, a model folder's embedder and detector rewritten as the tile channel's
+//! (the upgrade of a format-1 folder: its separator is kept).
 
 use std::path::PathBuf;
 
@@ -9,7 +11,12 @@ use crate::train::nets::NetConfig;
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// A run's checkpoint folder (nets.safetensors + nets.toml), or the weights file itself
-    pub checkpoint: PathBuf,
+    #[arg(required_unless_present = "channel_only")]
+    pub checkpoint: Option<PathBuf>,
+    /// Only (re)write embedder.onnx and detector.onnx in --out with the tile channel, keeping the
+    /// folder's separator.onnx (upgrades a model folder of an older format)
+    #[arg(long, conflicts_with_all = ["checkpoint", "config"])]
+    pub channel_only: bool,
     /// Folder to write embedder.onnx, detector.onnx, separator.onnx and manifest.toml into
     #[arg(long, short = 'o')]
     pub out: PathBuf,
@@ -23,10 +30,20 @@ pub struct Args {
 }
 
 pub fn run(args: Args, json: bool) -> Result<()> {
-    let (weights, dir) = if args.checkpoint.is_dir() {
-        (args.checkpoint.join("nets.safetensors"), args.checkpoint.clone())
+    if args.channel_only {
+        crate::train::export::export_channel_only(&args.out)?;
+        if json {
+            println!("{}", serde_json::json!({"channel_only": true, "out": args.out}));
+        } else {
+            println!("wrote the tile channel's embedder and detector to {} (separator kept)", args.out.display());
+        }
+        return Ok(());
+    }
+    let checkpoint = args.checkpoint.clone().context("a checkpoint is needed")?;
+    let (weights, dir) = if checkpoint.is_dir() {
+        (checkpoint.join("nets.safetensors"), checkpoint.clone())
     } else {
-        (args.checkpoint.clone(), args.checkpoint.parent().map(PathBuf::from).unwrap_or_default())
+        (checkpoint.clone(), checkpoint.parent().map(PathBuf::from).unwrap_or_default())
     };
     let config_path = args.config.clone().unwrap_or_else(|| dir.join("nets.toml"));
     let config = NetConfig::load(&config_path).with_context(|| format!("network config {}", config_path.display()))?;

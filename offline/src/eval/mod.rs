@@ -421,7 +421,7 @@ fn evaluate_item(
         // A wrong key: its bits, unscrambled with the wrong key, against the true frame.
         let wrong = Key::from_bytes(rng.random(), "wrong");
         let frame = payload::frame(payloads[s])?;
-        for b in det.grid_logits(&est_mid, 0, &wrong, usize::MAX)? {
+        for b in det.grid_logits(&est_mid, 0, 0, &wrong, usize::MAX)? {
             let read = payload::from_logits(&b.logits) ^ wrong.block_mask(b.index) ^ wrong.scrambler();
             r.ber_wrong_key.add(metrics::bit_errors(read, frame));
         }
@@ -439,7 +439,7 @@ fn evaluate_item(
 /// stem's `word` under each block's mask.
 fn block_errors(det: &mut Detector, mid: &[f32], key: &Key, word: u32) -> Result<BitCount> {
     let mut bits = BitCount::default();
-    for b in det.grid_logits(mid, 0, key, usize::MAX)? {
+    for b in det.grid_logits(mid, 0, 0, key, usize::MAX)? {
         bits.add(metrics::bit_errors(payload::from_logits(&b.logits), payload::block_word(word, key, b.index)));
     }
     Ok(bits)

@@ -114,10 +114,6 @@ impl Tensor {
             .map(|c| i64::from_le_bytes(c.try_into().unwrap_or([0; 8])))
             .collect())
     }
-
-    pub fn elements(&self) -> i64 {
-        self.dims.iter().product()
-    }
 }
 
 fn tensor(buf: &[u8]) -> Result<Tensor> {

@@ -1,12 +1,8 @@
-//! Plumbing models: `embedder.onnx`, `detector.onnx` and `separator.onnx` with deterministic
-//! random weights and exactly the runtime's input/output contracts (names, element types,
-//! shapes, dynamic dims), so sessions, batching and the block pipeline can be tested before
-//! trained models exist.
-//!
-//! **These are not watermarking models.** Their weights are random; they are never shipped as
-//! `models/*.onnx` and carry `stemmark.plumbing = true` in their metadata. They only promise
-//! the contract's invariants: the embedder's mask lies in `[1 − MASK_BOUND, 1 + MASK_BOUND]`,
-//! and the separator's stems sum to the mix.
+//! Plumbing models for tests: a model folder that follows the runtime's contracts without a
+//! training run. The embedder and detector are the real tile channel models (built from the
+//! designed constants, [`super::tile`]); the separator has deterministic random weights and
+//! carries `stemmark.plumbing = true` in its metadata: **it does not separate**, it only promises
+//! that its stems sum to the mix. Never shipped as `models/*.onnx`.
 //!
 //! To check them with the reference tools (needs Python with `onnx`, `onnxruntime`, `numpy`):
 //!
@@ -18,18 +14,14 @@
 
 use std::path::Path;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use stemmark_models::spec::{
-    BINS, BLOCK, FRAMES_PER_BLOCK, HOP, KEY_DIM, MESSAGE_BITS, STEM_NAMES,
-};
+use stemmark_models::spec::STEM_NAMES;
+use stemmark_models::tile::Params;
 
 use super::graph::{ConvOpts, Dim, GraphBuilder, Model, Value};
 use super::proto::DataType::Float;
-
-/// Half-width of the embedder's mask band: the mask lies in `[1 − b, 1 + b]`.
-pub const MASK_BOUND: f32 = 0.1;
 
 /// The separator's construction (gain `g` and remainder `mix − g·mix`) yields exactly two stems.
 const _: () = assert!(
@@ -39,9 +31,7 @@ const _: () = assert!(
 
 /// Writes the three plumbing models into `dir` (created if missing).
 pub fn write_plumbing_models(dir: &Path, seed: u64) -> Result<()> {
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    embedder(seed)?.save(&dir.join("embedder.onnx"))?;
-    detector(seed)?.save(&dir.join("detector.onnx"))?;
+    super::tile::write_tile_models(dir, &Params::default())?;
     separator(seed)?.save(&dir.join("separator.onnx"))?;
     Ok(())
 }
@@ -68,131 +58,6 @@ fn finish(g: GraphBuilder, what: &str, seed: u64) -> Result<Model> {
         ))
         .with_metadata("stemmark.plumbing", "true")
         .with_metadata("stemmark.seed", &seed.to_string()))
-}
-
-/// `magnitude` [batch, BINS, frames], `message` [batch, MESSAGE_BITS], `key` [batch, KEY_DIM]
-/// → `mask` [batch, BINS, frames] = 1 + b·tanh(f(log magnitude) + g(message, key)).
-pub fn embedder(seed: u64) -> Result<Model> {
-    let mut rng = rng_for(seed, 1);
-    let mut g = GraphBuilder::new("stemmark_plumbing_embedder");
-    let spec_dims = [batch(), BINS.into(), Dim::sym("frames")];
-    let mag = g.input("magnitude", Float, &spec_dims)?;
-    let msg = g.input("message", Float, &[batch(), MESSAGE_BITS.into()])?;
-    let key = g.input("key", Float, &[batch(), KEY_DIM.into()])?;
-
-    // f: a 3-tap filter along time per bin (depthwise Conv, group = BINS) of the log-magnitude.
-    let floor = g.offset(&mag, 1e-6);
-    let logmag = g.log(&floor);
-    let fw = g.init_f32(
-        "f_weight",
-        &uniform(&mut rng, BINS * 3, 0.05),
-        &[BINS, 1, 3],
-    )?;
-    let fb = g.init_f32("f_bias", &uniform(&mut rng, BINS, 0.1), &[BINS])?;
-    let f = g.conv(
-        &logmag,
-        &fw,
-        Some(&fb),
-        &ConvOpts::d1(1, 1, 1, i64::try_from(BINS)?),
-    );
-
-    // g: one offset per bin from (message, key), broadcast over frames.
-    let cond_in = g.concat(&[&msg, &key], 1);
-    let width = MESSAGE_BITS + KEY_DIM;
-    let gw = g.init_f32(
-        "g_weight",
-        &uniform(&mut rng, width * BINS, 1.0 / (width as f32).sqrt()),
-        &[width, BINS],
-    )?;
-    let gb = g.init_f32("g_bias", &uniform(&mut rng, BINS, 0.1), &[BINS])?;
-    let cond = g.gemm(&cond_in, &gw, Some(&gb), false, false);
-    let cond = g.unsqueeze(&cond, &[2]);
-
-    let z = g.add(&f, &cond);
-    let t = g.tanh(&z);
-    let t = g.scale(&t, MASK_BOUND);
-    let mask = g.offset(&t, 1.0);
-    g.output(&mask, "mask", Float, &spec_dims)?;
-    Ok(finish(g, "embedder", seed)?.with_metadata("stemmark.mask_bound", &MASK_BOUND.to_string()))
-}
-
-/// `audio` [batch, BLOCK], `key` [batch, KEY_DIM] → `logits` [batch, MESSAGE_BITS]:
-/// RMS-normalise, per-frame log energies, LayerNorm, a GELU MLP, plus a key projection.
-pub fn detector(seed: u64) -> Result<Model> {
-    const HIDDEN: usize = 64;
-    let mut rng = rng_for(seed, 2);
-    let mut g = GraphBuilder::new("stemmark_plumbing_detector");
-    let audio = g.input("audio", Float, &[batch(), BLOCK.into()])?;
-    let key = g.input("key", Float, &[batch(), KEY_DIM.into()])?;
-
-    let mean = g.reduce_mean(&audio, &[1], true);
-    let centred = g.sub(&audio, &mean);
-    let two = g.scalar(2.0);
-    let sq = g.pow(&centred, &two);
-    let ms = g.reduce_mean(&sq, &[1], true);
-    let ms = g.offset(&ms, 1e-8);
-    let rms = g.sqrt(&ms);
-    let x = g.div(&centred, &rms);
-
-    let frames = g.reshape(
-        &x,
-        &[-1, i64::try_from(FRAMES_PER_BLOCK)?, i64::try_from(HOP)?],
-    );
-    let power = g.mul(&frames, &frames);
-    let energy = g.reduce_mean(&power, &[2], false);
-    let energy = g.offset(&energy, 1e-6);
-    let loge = g.log(&energy);
-    let ln_scale = g.init_f32(
-        "ln_scale",
-        &vec![1.0; FRAMES_PER_BLOCK],
-        &[FRAMES_PER_BLOCK],
-    )?;
-    let ln_bias = g.init_f32("ln_bias", &vec![0.0; FRAMES_PER_BLOCK], &[FRAMES_PER_BLOCK])?;
-    let h = g.layer_norm(&loge, &ln_scale, Some(&ln_bias), -1, 1e-5);
-
-    let w1 = g.init_f32(
-        "w1",
-        &uniform(
-            &mut rng,
-            FRAMES_PER_BLOCK * HIDDEN,
-            1.0 / (FRAMES_PER_BLOCK as f32).sqrt(),
-        ),
-        &[FRAMES_PER_BLOCK, HIDDEN],
-    )?;
-    let b1 = g.init_f32("b1", &uniform(&mut rng, HIDDEN, 0.1), &[HIDDEN])?;
-    let h = g.linear(&h, &w1, Some(&b1));
-    let h = g.gelu(&h);
-    let w2 = g.init_f32(
-        "w2",
-        &uniform(
-            &mut rng,
-            HIDDEN * MESSAGE_BITS,
-            1.0 / (HIDDEN as f32).sqrt(),
-        ),
-        &[HIDDEN, MESSAGE_BITS],
-    )?;
-    let b2 = g.init_f32("b2", &uniform(&mut rng, MESSAGE_BITS, 0.1), &[MESSAGE_BITS])?;
-    let from_audio = g.linear(&h, &w2, Some(&b2));
-
-    let wk = g.init_f32(
-        "key_weight",
-        &uniform(
-            &mut rng,
-            KEY_DIM * MESSAGE_BITS,
-            1.0 / (KEY_DIM as f32).sqrt(),
-        ),
-        &[KEY_DIM, MESSAGE_BITS],
-    )?;
-    let bk = g.init_f32(
-        "key_bias",
-        &uniform(&mut rng, MESSAGE_BITS, 0.1),
-        &[MESSAGE_BITS],
-    )?;
-    let from_key = g.gemm(&key, &wk, Some(&bk), false, false);
-
-    let logits = g.add(&from_audio, &from_key);
-    g.output(&logits, "logits", Float, &[batch(), MESSAGE_BITS.into()])?;
-    finish(g, "detector", seed)
 }
 
 /// `mix` [batch, 2, length] → `stems` [batch, STEMS, 2, length]. The first stem is
@@ -260,6 +125,9 @@ pub fn separator(seed: u64) -> Result<Model> {
 mod tests {
     use super::*;
     use crate::onnx::graph::{IR_VERSION, OPSET_VERSION};
+    use stemmark_models::spec::{
+        BINS, FRAMES_PER_BLOCK, TILE_ROWS, TILE_UNIT_COLS, TILE_UNITS,
+    };
     use crate::onnx::reader::{self, Dim as RDim};
 
     fn sym(s: &str) -> RDim {
@@ -296,32 +164,21 @@ mod tests {
             assert_eq!(m.ir_version, IR_VERSION);
             assert_eq!(m.opsets, vec![(String::new(), OPSET_VERSION)]);
             assert_eq!(m.producer_name, "stemmark");
-            assert!(
-                m.metadata
-                    .contains(&("stemmark.plumbing".into(), "true".into()))
-            );
         }
-        let spec = vec![sym("batch"), fixed(BINS), sym("frames")];
+        let plumbing = ("stemmark.plumbing".to_string(), "true".to_string());
+        assert!(s.metadata.contains(&plumbing) && !e.metadata.contains(&plumbing) && !d.metadata.contains(&plumbing));
+        let block = vec![sym("batch"), fixed(BINS), fixed(FRAMES_PER_BLOCK)];
         assert_eq!(
             io(&e.graph.inputs),
             vec![
-                ("magnitude".into(), spec.clone()),
-                ("message".into(), vec![sym("batch"), fixed(MESSAGE_BITS)]),
-                ("key".into(), vec![sym("batch"), fixed(KEY_DIM)]),
+                ("magnitude".into(), block.clone()),
+                ("pattern".into(), vec![sym("batch"), fixed(TILE_UNIT_COLS), fixed(TILE_ROWS)]),
             ]
         );
-        assert_eq!(io(&e.graph.outputs), vec![("mask".into(), spec)]);
-        assert_eq!(
-            io(&d.graph.inputs),
-            vec![
-                ("audio".into(), vec![sym("batch"), fixed(BLOCK)]),
-                ("key".into(), vec![sym("batch"), fixed(KEY_DIM)]),
-            ]
-        );
-        assert_eq!(
-            io(&d.graph.outputs),
-            vec![("logits".into(), vec![sym("batch"), fixed(MESSAGE_BITS)])]
-        );
+        assert_eq!(io(&e.graph.outputs), vec![("mask".into(), block.clone())]);
+        assert_eq!(io(&d.graph.inputs), vec![("magnitude".into(), block)]);
+        let units = vec![sym("batch"), fixed(TILE_UNITS)];
+        assert_eq!(io(&d.graph.outputs), vec![("unit_values".into(), units.clone()), ("unit_cells".into(), units)]);
         assert_eq!(
             io(&s.graph.inputs),
             vec![("mix".into(), vec![sym("batch"), fixed(2), sym("length")])]
@@ -338,13 +195,6 @@ mod tests {
                 ]
             )]
         );
-        // The depthwise filter really is depthwise over all bins.
-        let conv = e.graph.nodes.iter().find(|n| n.op_type == "Conv").unwrap();
-        assert_eq!(conv.attr("group"), Some(&reader::AttrVal::Int(BINS as i64)));
-        assert_eq!(
-            e.graph.initializer(&conv.inputs[1]).unwrap().dims,
-            vec![BINS as i64, 1, 3]
-        );
         // No temp files are left behind by the atomic save.
         let names: Vec<_> = std::fs::read_dir(dir.path())
             .unwrap()
@@ -353,54 +203,6 @@ mod tests {
         assert_eq!(names.len(), 3, "{names:?}");
     }
 
-    #[test]
-    fn embedder_bytes_are_deterministic_per_seed() {
-        let a = embedder(42).unwrap().to_bytes();
-        let b = embedder(42).unwrap().to_bytes();
-        let c = embedder(43).unwrap().to_bytes();
-        assert_eq!(a, b);
-        assert_ne!(a, c);
-        assert_eq!(a.len(), c.len(), "a seed changes weights, not structure");
-    }
-
-    #[test]
-    fn models_draw_from_independent_streams() {
-        // Same seed, different models: the first weights must differ (no shared stream).
-        let e = reader::model(&embedder(5).unwrap().to_bytes()).unwrap();
-        let s = reader::model(&separator(5).unwrap().to_bytes()).unwrap();
-        let first = |m: &reader::Model| {
-            m.graph
-                .initializers
-                .iter()
-                .find(|t| t.elements() > 1)
-                .unwrap()
-                .f32s()
-                .unwrap()[0]
-        };
-        assert_ne!(first(&e), first(&s));
-    }
-
-    #[test]
-    fn embedder_weights_round_trip_and_stay_in_range() {
-        let m = reader::model(&embedder(9).unwrap().to_bytes()).unwrap();
-        let fw = m.graph.initializer("f_weight").unwrap();
-        let vals = fw.f32s().unwrap();
-        assert_eq!(vals.len() as i64, fw.elements());
-        assert!(vals.iter().all(|v| v.abs() <= 0.05));
-        assert!(vals.iter().any(|&v| v != 0.0));
-        // The mask bound is the literal the graph scales tanh by.
-        let bound = m
-            .graph
-            .initializers
-            .iter()
-            .filter(|t| t.dims.is_empty())
-            .map(|t| t.f32s().unwrap()[0])
-            .any(|v| v == MASK_BOUND);
-        assert!(bound);
-    }
-
-    /// One of each builder helper, so the Python check can run them all in ONNX Runtime and
-    /// compare a few against NumPy. Output names are what `check_onnx.py` looks for.
     fn op_zoo() -> Result<Model> {
         use crate::onnx::graph::TensorData;
         let mut rng = rng_for(11, 9);

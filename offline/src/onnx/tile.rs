@@ -4,7 +4,8 @@
 //! The channel's constants ([`Params`]) are named initialisers (`tile.alpha`, …) in their natural
 //! units, so a training run can later learn them; the geometry (`spec::TILE_*`, `CELL*`) and the
 //! number of power-control steps are the graph's structure. The keyed patterns are inputs: the
-//! Rust side expands them from the key (`Patterns::embed_pattern`, `Patterns::detect_allocation`).
+//! Rust side expands them from the key (`Patterns::embed_pattern`); the detector's output is
+//! key-independent (each unit's value and cell) and Rust forms the keyed sums.
 //!
 //! Layouts: tiles are `[B, TILE_COLS, TILE_ROWS]` (tile c·ROWS + r when flattened), units
 //! `[B, TILE_UNITS]` (unit j·ROWS + r covers tiles (2j, r) and (2j + 1, r)).
@@ -14,7 +15,7 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use stemmark_models::contract::{self, Contract};
 use stemmark_models::spec::{
-    BINS, CELL_BAND_GROUPS, CELL_LEVEL_EDGES, CELLS, TILE_BAND, TILE_BINS, TILE_COLS, TILE_FRAMES,
+    BINS, CELL_BAND_GROUPS, CELL_LEVEL_EDGES, TILE_BAND, TILE_BINS, TILE_COLS, TILE_FRAMES,
     TILE_ROWS, TILE_UNIT_COLS, TILE_UNITS,
 };
 use stemmark_models::tile::Params;
@@ -27,8 +28,8 @@ const TILES: usize = TILE_COLS * TILE_ROWS;
 /// Writes the contract-v2 `embedder.onnx` and `detector.onnx` with `params` into `dir`.
 pub fn write_tile_models(dir: &Path, params: &Params) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    embedder(params)?.save(&dir.join(contract::TILE_EMBEDDER.file))?;
-    detector(params)?.save(&dir.join(contract::TILE_DETECTOR.file))?;
+    embedder(params)?.save(&dir.join(contract::EMBEDDER.file))?;
+    detector(params)?.save(&dir.join(contract::DETECTOR.file))?;
     Ok(())
 }
 
@@ -173,7 +174,7 @@ impl EmbedConstants {
 /// `magnitude` `[B, BINS, FRAMES_PER_BLOCK]`, `pattern` `[B, UNIT_COLS, ROWS]` → `mask`
 /// (`tile::embed::tile_gains` and `tile::embed::mask`).
 pub fn embedder(params: &Params) -> Result<Model> {
-    let ct = contract::TILE_EMBEDDER;
+    let ct = contract::EMBEDDER;
     let mut g = GraphBuilder::new("stemmark_tile_embedder");
     let mag = input(&mut g, &ct, 0)?;
     let pattern = input(&mut g, &ct, 1)?;
@@ -264,13 +265,13 @@ pub fn embedder(params: &Params) -> Result<Model> {
         .with_doc("Stemmark tile channel embedder (contract v2): one block's mask."))
 }
 
-/// `magnitude` `[B, BINS, FRAMES_PER_BLOCK]`, `allocation` `[B, BITS, UNITS]` → `sums`,
-/// `variances` `[B, BITS, CELLS]` (`tile::detect`).
+/// `magnitude` `[B, BINS, FRAMES_PER_BLOCK]` → `unit_values` and `unit_cells` `[B, UNITS]`
+/// (`tile::BlockFeature`); the keyed sums are Rust's (`BlockFeature::cell_sums`), so one run serves
+/// every key and every grid shift.
 pub fn detector(params: &Params) -> Result<Model> {
-    let ct = contract::TILE_DETECTOR;
+    let ct = contract::DETECTOR;
     let mut g = GraphBuilder::new("stemmark_tile_detector");
     let mag = input(&mut g, &ct, 0)?;
-    let allocation = input(&mut g, &ct, 1)?;
     let floor_db = constant(&mut g, "floor_db", params.floor_db)?;
     let level_weight = constant(&mut g, "level_weight", params.level_weight)?;
     let weight_lo = constant(&mut g, "level_weight_min", params.level_weight_clip.0)?;
@@ -307,55 +308,29 @@ pub fn detector(params: &Params) -> Result<Model> {
     let (diff, _) = unit_pairs(&mut g, &u);
     let (_, level) = unit_pairs(&mut g, &rel);
 
-    // Cell one-hot [B, UNITS, CELLS]: band group (fixed per unit) × level class (≥ each edge).
-    let mut at_least = vec![g.scalar(1.0)];
+    // Cell index: band group (fixed per unit) × level classes + the number of edges the unit's
+    // level reaches (small integers: exact in f32).
+    let mut cell = g.init_f32(
+        "tile.unit_group_base",
+        &(0..TILE_UNITS)
+            .map(|u| {
+                ((u % TILE_ROWS) * CELL_BAND_GROUPS / TILE_ROWS * (CELL_LEVEL_EDGES.len() + 1))
+                    as f32
+            })
+            .collect::<Vec<_>>(),
+        &[1, TILE_UNITS],
+    )?;
     for edge in CELL_LEVEL_EDGES {
         let e = g.scalar(edge as f32);
         let ge = g.op("GreaterOrEqual", &[&level, &e], []);
-        at_least.push(g.op("Cast", &[&ge], [("to", Attr::Int(1))]));
+        let ge = g.op("Cast", &[&ge], [("to", Attr::Int(1))]);
+        cell = g.add(&cell, &ge);
     }
-    at_least.push(g.scalar(0.0));
-    let mut classes = Vec::new();
-    for c in 0..=CELL_LEVEL_EDGES.len() {
-        let class = g.sub(&at_least[c], &at_least[c + 1]);
-        classes.push(g.unsqueeze(&class, &[2]));
-    }
-    let class_refs: Vec<&Value> = classes.iter().collect();
-    let classes = g.concat(&class_refs, 2);
-    let classes = g.unsqueeze(&classes, &[2]);
-    let groups: Vec<f32> = (0..TILE_UNITS)
-        .flat_map(|u| {
-            let group = (u % TILE_ROWS) * CELL_BAND_GROUPS / TILE_ROWS;
-            (0..CELL_BAND_GROUPS).map(move |k| if k == group { 1.0 } else { 0.0 })
-        })
-        .collect();
-    let groups = g.init_f32(
-        "tile.unit_group",
-        &groups,
-        &[TILE_UNITS, CELL_BAND_GROUPS, 1],
-    )?;
-    let cells = g.mul(&classes, &groups);
-    let cells = g.reshape(&cells, &[-1, TILE_UNITS as i64, CELLS as i64]);
-
-    // S = A (d ⊙ E); V = (A²) E × the cell's mean square unit value.
-    let d = g.unsqueeze(&diff, &[2]);
-    let de = g.mul(&d, &cells);
-    let sums = g.matmul(&allocation, &de);
-    let a2 = g.mul(&allocation, &allocation);
-    let count = g.matmul(&a2, &cells);
-    let d2 = g.mul(&d, &d);
-    let d2e = g.mul(&d2, &cells);
-    let sq = g.reduce_sum(&d2e, &[1], true);
-    let members = g.reduce_sum(&cells, &[1], true);
-    let one = g.scalar(1.0);
-    let members = g.op("Max", &[&members, &one], []);
-    let mean_sq = g.div(&sq, &members);
-    let v = g.mul(&count, &mean_sq);
-    let v = g.offset(&v, 1e-12);
-    output(&mut g, &ct, 0, &sums)?;
-    output(&mut g, &ct, 1, &v)?;
-    Ok(g.finish()?
-        .with_doc("Stemmark tile channel detector (contract v2): one block's per-cell sums."))
+    output(&mut g, &ct, 0, &diff)?;
+    output(&mut g, &ct, 1, &cell)?;
+    Ok(g.finish()?.with_doc(
+        "Stemmark tile channel detector (contract v2): one block's key-independent unit feature.",
+    ))
 }
 
 #[cfg(test)]
@@ -365,11 +340,11 @@ mod tests {
     use stemmark_models::keys::Key;
     use stemmark_models::payload;
     use stemmark_models::runtime::Provider;
-    use stemmark_models::spec::{BLOCK, FRAMES_PER_BLOCK, MESSAGE_BITS};
+    use stemmark_models::spec::{BLOCK, CELLS, FRAMES_PER_BLOCK, MESSAGE_BITS};
     use stemmark_models::stft::Stft;
     use stemmark_models::tile::{
-        CellSums, Patterns, TileDetectorModel, TileEmbedderModel, block_logits, embed, reference,
-        testsignal, window,
+        BlockFeature, CellSums, Patterns, TileDetectorModel, TileEmbedderModel, block_logits,
+        embed, reference, testsignal, window,
     };
 
     use super::*;
@@ -501,9 +476,12 @@ mod tests {
                     .unwrap();
             }
             let marked = Stft::new().inverse(&spec, host.len());
-            let ours = det
-                .sums(magnitudes(&marked, true).view(), &patterns, &blocks)
-                .unwrap();
+            let features = det.features(magnitudes(&marked, true).view()).unwrap();
+            let ours: Vec<CellSums> = features
+                .iter()
+                .zip(blocks)
+                .map(|(f, k)| f.cell_sums(&patterns, k))
+                .collect();
             let want: Vec<CellSums> = reference::block_features(&marked, &params)
                 .unwrap()
                 .iter()
@@ -529,9 +507,15 @@ mod tests {
                 diff < 1e-5 * peak,
                 "{name}: marked audio differs by {diff} (peak {peak})"
             );
-            let window = det.window(&by_model, &key).unwrap();
+            let features = det.features_of(&by_model).unwrap();
+            let read: Vec<(i64, &BlockFeature)> = features
+                .iter()
+                .enumerate()
+                .map(|(i, f)| (i as i64, f))
+                .collect();
             let d = window::decide(
-                &window,
+                &read,
+                &patterns,
                 &key,
                 &Calibration::default(),
                 GridIndex::Known,
