@@ -117,12 +117,7 @@ impl Detector {
     /// Every audible full block of the grid starting at `offset` (at most `limit`), with its
     /// index k on that grid (block k starts at `offset + k·BLOCK`) and its feature.
     pub fn grid_features(&mut self, mid: &[f32], offset: usize, limit: usize) -> Result<Vec<(i64, BlockFeature)>, ModelError> {
-        let starts: Vec<usize> = (0..)
-            .map(|k| offset + k * BLOCK)
-            .take_while(|s| s + BLOCK <= mid.len())
-            .filter(|&s| audible(&mid[s..s + BLOCK]))
-            .take(limit)
-            .collect();
+        let starts = audible_starts(mid, offset, limit);
         let blocks: Vec<&[f32]> = starts.iter().map(|&s| &mid[s..s + BLOCK]).collect();
         let features = self.block_features(&blocks)?;
         Ok(starts.iter().map(|&s| ((s - offset) / BLOCK) as i64).zip(features).collect())
@@ -148,12 +143,7 @@ impl Detector {
         let spec = self.stft.forward(mid);
         let patterns = Patterns::from_key(key);
         let score = |d: &mut Detector, off: usize| -> Result<f64, ModelError> {
-            let starts: Vec<usize> = (0..)
-                .map(|k| off + k * BLOCK)
-                .take_while(|s| s + BLOCK <= mid.len())
-                .filter(|&s| audible(&mid[s..s + BLOCK]))
-                .take(PROBE_BLOCKS)
-                .collect();
+            let starts = audible_starts(mid, off, PROBE_BLOCKS);
             if starts.is_empty() {
                 return Ok(f64::NEG_INFINITY);
             }
@@ -220,6 +210,16 @@ impl Detector {
         }
         Ok(reports)
     }
+}
+
+/// Start samples of the first `limit` audible full blocks of the grid starting at `offset`.
+fn audible_starts(mid: &[f32], offset: usize, limit: usize) -> Vec<usize> {
+    (0..)
+        .map(|k| offset + k * BLOCK)
+        .take_while(|s| s + BLOCK <= mid.len())
+        .filter(|&s| audible(&mid[s..s + BLOCK]))
+        .take(limit)
+        .collect()
 }
 
 /// Whether a block is loud enough to carry a mark.

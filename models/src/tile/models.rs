@@ -141,17 +141,7 @@ impl TileEmbedderModel {
             let m = self.masks(mag.view(), &patterns, &messages, batch)?;
             masks.extend(m.outer_iter().map(|x| x.to_owned()));
         }
-        Ok(channels
-            .iter()
-            .map(|ch| {
-                let mut s = stft.forward(ch);
-                for (b, m) in masks.iter().enumerate() {
-                    s.apply_mask_at(b * FRAMES_PER_BLOCK, m.view())
-                        .expect("mask fits the block's frames");
-                }
-                stft.inverse(&s, n)
-            })
-            .collect())
+        Ok(super::reference::apply_block_masks(&mut stft, channels, &masks))
     }
 }
 

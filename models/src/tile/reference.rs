@@ -5,6 +5,8 @@
 //! whole signal (each block's frames); the detector reads each block on its own (its samples,
 //! zeros outside), as the detector model does.
 
+use ndarray::Array2;
+
 use super::embed;
 use super::{BlockFeature, Params, Patterns, TileError};
 use crate::keys::Key;
@@ -46,17 +48,22 @@ pub fn embed(
             Ok(embed::mask(&gains))
         })
         .collect::<Result<Vec<_>, TileError>>()?;
-    Ok(channels
+    Ok(apply_block_masks(&mut stft, channels, &masks))
+}
+
+/// Every channel with mask k applied to block k's frames (its own STFT and phase), resynthesised
+/// to its length.
+pub(crate) fn apply_block_masks(stft: &mut Stft, channels: &[Vec<f32>], masks: &[Array2<f32>]) -> Vec<Vec<f32>> {
+    channels
         .iter()
         .map(|ch| {
             let mut s = stft.forward(ch);
             for (b, m) in masks.iter().enumerate() {
-                s.apply_mask_at(b * FRAMES_PER_BLOCK, m.view())
-                    .expect("mask fits the block's frames");
+                s.apply_mask_at(b * FRAMES_PER_BLOCK, m.view()).expect("mask fits the block's frames");
             }
-            stft.inverse(&s, n)
+            stft.inverse(&s, ch.len())
         })
-        .collect())
+        .collect()
 }
 
 /// The key-independent reading of every whole block of `mid`.

@@ -10,6 +10,7 @@ use std::io::Write;
 use std::path::Path;
 
 use anyhow::{Context, Result, bail, ensure};
+use stemmark_models::contract::{self, Contract, TensorSpec};
 
 use super::proto::{
     AttributeProto, AttributeValue, DataType, Dimension, GraphProto, Message, ModelProto,
@@ -55,6 +56,17 @@ impl From<&str> for Dim {
     fn from(s: &str) -> Dim {
         Dim::sym(s)
     }
+}
+
+/// A contract tensor's axes as graph dims (dynamic axes keep their symbolic names).
+fn contract_dims(spec: &TensorSpec) -> Vec<Dim> {
+    spec.dims
+        .iter()
+        .map(|d| match d {
+            contract::Dim::Fixed(n) => Dim::Fixed(*n),
+            contract::Dim::Dynamic(s) => Dim::sym(s),
+        })
+        .collect()
 }
 
 /// Handle to a named value of the graph (input, initializer or node output).
@@ -323,6 +335,16 @@ impl GraphBuilder {
             doc_string: String::new(),
         });
         Ok(Value(name.to_owned()))
+    }
+
+    /// Declares float input `i` of contract `c`, with the contract's name and shape.
+    pub fn contract_input(&mut self, c: &Contract, i: usize) -> Result<Value> {
+        self.input(c.inputs[i].name, DataType::Float, &contract_dims(&c.inputs[i]))
+    }
+
+    /// Declares `value` as float output `i` of contract `c`.
+    pub fn contract_output(&mut self, c: &Contract, i: usize, value: &Value) -> Result<Value> {
+        self.output(value, c.outputs[i].name, DataType::Float, &contract_dims(&c.outputs[i]))
     }
 
     /// Declares `value` as graph output `name`, adding an `Identity` when the names differ

@@ -20,8 +20,7 @@ use stemmark_models::spec::{
 };
 use stemmark_models::tile::Params;
 
-use super::graph::{Attr, Dim, GraphBuilder, Model, Value};
-use super::proto::DataType;
+use super::graph::{Attr, GraphBuilder, Model, Value};
 
 const TILES: usize = TILE_COLS * TILE_ROWS;
 
@@ -33,22 +32,12 @@ pub fn write_tile_models(dir: &Path, params: &Params) -> Result<()> {
     Ok(())
 }
 
-fn dims(spec: &contract::TensorSpec) -> Vec<Dim> {
-    spec.dims
-        .iter()
-        .map(|d| match d {
-            contract::Dim::Fixed(n) => Dim::Fixed(*n),
-            contract::Dim::Dynamic(s) => Dim::sym(s),
-        })
-        .collect()
-}
-
 fn input(g: &mut GraphBuilder, c: &Contract, i: usize) -> Result<Value> {
-    g.input(c.inputs[i].name, DataType::Float, &dims(&c.inputs[i]))
+    g.contract_input(c, i)
 }
 
 fn output(g: &mut GraphBuilder, c: &Contract, i: usize, v: &Value) -> Result<()> {
-    g.output(v, c.outputs[i].name, DataType::Float, &dims(&c.outputs[i]))?;
+    g.contract_output(c, i, v)?;
     Ok(())
 }
 

@@ -16,7 +16,7 @@ use stemmark_models::tile::Params;
 
 use super::nets::{NetConfig, SeparatorConfig};
 use super::onnx_ops::{self, LstmWeights, Tensor, get, init, linear};
-use crate::onnx::{ConvOpts, DataType, Dim, GraphBuilder, Model, Value};
+use crate::onnx::{ConvOpts, GraphBuilder, Model, Value};
 
 /// The separator's epsilon (kept equal to the tch code's, checked by the parity test).
 const STD_FLOOR: f32 = 1e-5;
@@ -72,23 +72,12 @@ fn f16_to_f32(h: u16) -> f32 {
     }
 }
 
-fn dims(c: &Contract, output: bool, i: usize) -> Vec<Dim> {
-    let spec = if output { &c.outputs[i] } else { &c.inputs[i] };
-    spec.dims
-        .iter()
-        .map(|d| match d {
-            contract::Dim::Fixed(n) => Dim::Fixed(*n),
-            contract::Dim::Dynamic(s) => Dim::sym(s),
-        })
-        .collect()
-}
-
 fn input(g: &mut GraphBuilder, c: &Contract, i: usize) -> Result<Value> {
-    g.input(c.inputs[i].name, DataType::Float, &dims(c, false, i))
+    g.contract_input(c, i)
 }
 
 fn output(g: &mut GraphBuilder, c: &Contract, i: usize, v: &Value) -> Result<()> {
-    g.output(v, c.outputs[i].name, DataType::Float, &dims(c, true, i))?;
+    g.contract_output(c, i, v)?;
     Ok(())
 }
 
