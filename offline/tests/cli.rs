@@ -210,9 +210,15 @@ fn eval_quick_runs_end_to_end_on_a_folder_of_items() {
         assert_eq!(set["ber_codec"]["MP3 128 kbit/s"][1]["bits"], 4 * 32, "{set}");
     }
     assert_eq!(set["double_mark"][1]["items"], 2);
+    // A folder of items is one scenario, named for the folder.
+    let per = &set["scenarios"]["items"];
+    assert_eq!(per["items"], 2, "{set}");
+    assert_eq!(per["payload_mix"][0]["items"], 2);
+    assert_eq!(per["snr"][1].as_array().unwrap().len(), 2);
     assert_eq!(set["double_mark_ber"][0]["bits"], 4 * 32);
     let md = std::fs::read_to_string(out.join("report.md")).unwrap();
     assert!(md.contains("## BER (%) per stem") && md.contains("## Two marks on one stem"), "{md}");
+    assert!(md.contains("## Per scenario: payloads per item") && md.contains("| items | foreground |"), "{md}");
     assert!(md.contains("| Origin |"), "Table 1 has at least its no-attack column: {md}");
     // ViSQOL and the plots need Python packages from PyPI: measured, or skipped with a note.
     let notes = r["notes"].to_string();

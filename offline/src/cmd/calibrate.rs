@@ -35,7 +35,7 @@ pub struct Args {
     /// Unmarked items: a built corpus (its validation split) or DIR/<item>/{foreground,background}.*
     #[arg(long)]
     pub data: PathBuf,
-    /// Items to read
+    /// Items per scenario (see `stemmark eval --items`)
     #[arg(long, default_value_t = 24)]
     pub items: usize,
     /// Random keys per reading
@@ -67,7 +67,11 @@ pub fn run(args: Args, opts: &ModelOpts, json: bool) -> Result<()> {
     let mut emb = Embedder::open(&dir, opts.provider)?;
     // Raw statistics: read with the theoretical null, whatever the manifest says now.
     det.set_calibration(Calibration::default());
-    let items = crate::eval::items::load(&args.data, args.items, args.seed)?;
+    let mut notes = Vec::new();
+    let items = crate::eval::items::load(&args.data, args.items, args.seed, &mut notes)?;
+    for n in &notes {
+        eprintln!("calibrate: {n}");
+    }
     if items.is_empty() {
         bail!("no items in {}", args.data.display());
     }

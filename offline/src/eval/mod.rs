@@ -10,6 +10,7 @@
 //! 95 % bound; as Markdown, JSON and PNG plots. What a run leaves out is said in its notes.
 
 pub mod attacks;
+pub mod bandlimit;
 pub mod codec;
 pub mod items;
 pub mod metrics;
@@ -50,7 +51,8 @@ pub struct Args {
     /// Only a few items (a smoke test)
     #[arg(long)]
     pub quick: bool,
-    /// Items to draw from a corpus
+    /// Items per scenario (a corpus has three: speech+music, lead+accompaniment, and
+    /// band-limited speech+music; a folder of items is one)
     #[arg(long, default_value_t = 24)]
     pub items: usize,
     /// Seed for keys, payloads and corpus draws
@@ -110,7 +112,8 @@ pub fn run(args: Args, provider: Provider, default_models: Option<PathBuf>, json
         args.sets.clone()
     };
     let n = if args.quick { 2 } else { args.items };
-    let items = items::load(&args.data, n, args.seed)?;
+    let mut notes: Vec<String> = attacks::MISSING.iter().map(|m| m.to_string()).collect();
+    let items = items::load(&args.data, n, args.seed, &mut notes)?;
     if items.is_empty() {
         bail!("no items in {}", args.data.display());
     }
@@ -118,7 +121,6 @@ pub fn run(args: Args, provider: Provider, default_models: Option<PathBuf>, json
         Some(d) => items::unmarked(d)?,
         None => Vec::new(),
     };
-    let mut notes: Vec<String> = attacks::MISSING.iter().map(|m| m.to_string()).collect();
     let codecs: Vec<codec::Codec> = if args.no_codecs {
         notes.push("codec attacks skipped (--no-codecs)".into());
         Vec::new()
@@ -312,6 +314,7 @@ fn external_separator(python: &Path, det: &mut Detector, pending: &[Pending], r:
             counts[s].merge(block_errors(det, &mid, &p.keys[s], word)?);
             let d = det.detect(&mid, std::slice::from_ref(&p.keys[s]), Alignment::Fixed(0))?.remove(0).decision;
             r.payload_external[s].tally(p.payloads[s], &[d.payload]);
+            r.scenarios.entry(p.scenario.clone()).or_default().payload_external[s].tally(p.payloads[s], &[d.payload]);
         }
     }
     Ok(())
@@ -334,10 +337,13 @@ fn evaluate_item(
     let mut quality_pairs: [(Vec<f32>, Vec<f32>); 2] = Default::default();
     for (s, stem) in stems.iter().enumerate() {
         let m = emb.embed(&stem.channels, &keys[s], payloads[s], 1.0, &mut |_, _| {})?;
+        let mut snr = Vec::new();
         for (c, ch) in stem.channels.iter().enumerate() {
-            r.quality[s].snr.push(metrics::snr(ch, &m[c]));
+            snr.push(metrics::snr(ch, &m[c]));
+            r.quality[s].snr.push(snr[c]);
             r.quality[s].si_snr.push(metrics::si_snr(ch, &m[c]));
         }
+        r.scenarios.entry(item.scenario.clone()).or_default().snr[s].push(snr.iter().sum::<f64>() / snr.len() as f64);
         #[cfg(feature = "train")]
         r.quality[s].nmr.push(attacks::nmr_db(&stem.channels, &m)?);
         // Each stem to −16 LUFS, with the same gain for its original and its marked version.
@@ -361,6 +367,12 @@ fn evaluate_item(
         for s in 0..2 {
             let mid = Audio::new(SAMPLE_RATE, stems[s].clone()).mid();
             counts[s].merge(block_errors(det, &mid, &keys[s], words[s])?);
+        }
+        let coded_mix = attacked.mid();
+        let per_item = r.scenarios.entry(item.scenario.clone()).or_default().payload_codec.entry(c.name().to_string()).or_default();
+        for s in 0..2 {
+            let d = det.detect(&coded_mix, std::slice::from_ref(&keys[s]), Alignment::Fixed(0))?.remove(0).decision;
+            per_item[s].tally(payloads[s], &[d.payload]);
         }
     }
     // Table 1: the attack families on the mix, then separation.
@@ -395,6 +407,9 @@ fn evaluate_item(
         r.ber_alone[s].merge(bits[0]);
         r.ber_separated[s].merge(bits[1]);
         r.ber_mix[s].merge(bits[2]);
+        let per_scenario = r.scenarios.entry(item.scenario.clone()).or_default();
+        per_scenario.ber_alone[s].merge(bits[0]);
+        per_scenario.ber_mix[s].merge(bits[2]);
         // Table 1's "Origin" is the separated reading, counted per scenario.
         origin[s].merge(bits[1]);
         // Payload over the whole item: from the stem alone, the separated stem, the mix, and
@@ -418,6 +433,11 @@ fn evaluate_item(
         r.payload[s].tally(payloads[s], &[on_sep]);
         r.payload_mix[s].tally(payloads[s], &[on_mix]);
         r.payload_detect[s].tally(payloads[s], &[on_sep, on_mix]);
+        let per_scenario = r.scenarios.entry(item.scenario.clone()).or_default();
+        per_scenario.payload_alone[s].tally(payloads[s], &[on_alone]);
+        per_scenario.payload_mix[s].tally(payloads[s], &[on_mix]);
+        per_scenario.payload_separated[s].tally(payloads[s], &[on_sep]);
+        per_scenario.payload_detect[s].tally(payloads[s], &[on_sep, on_mix]);
         // A wrong key: its bits, unscrambled with the wrong key, against the true frame.
         let wrong = Key::from_bytes(rng.random(), "wrong");
         let frame = payload::frame(payloads[s])?;
@@ -430,6 +450,7 @@ fn evaluate_item(
         r.false_positives.found += (wrong_rep.decision.verdict == Verdict::Found) as u64;
         r.z_unmarked.push(wrong_rep.decision.z);
     }
+    r.scenarios.entry(item.scenario.clone()).or_default().items += 1;
     double_mark(emb, det, &item.foreground, rng, r)?;
     r.blocks += (len / BLOCK) as u64;
     Ok(Pending { scenario: item.scenario.clone(), mix, keys, payloads, quality_pairs })

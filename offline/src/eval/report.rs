@@ -54,6 +54,26 @@ pub struct FalsePositives {
     pub found: u64,
 }
 
+/// One scenario's numbers per stem [foreground, background]: what the channel is judged by.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct ScenarioReport {
+    pub items: u64,
+    /// SNR of each marked stem (mean of its channels), dB.
+    pub snr: [Vec<f64>; 2],
+    pub ber_alone: [BitCount; 2],
+    pub ber_mix: [BitCount; 2],
+    /// Payload per item from the stem alone, the mix, the separated stem, and either of the last
+    /// two (what Stemmark Detect reports).
+    pub payload_alone: [PayloadCount; 2],
+    pub payload_mix: [PayloadCount; 2],
+    pub payload_separated: [PayloadCount; 2],
+    pub payload_detect: [PayloadCount; 2],
+    /// Payload per item read from the codec-attacked mix, per codec.
+    pub payload_codec: std::collections::BTreeMap<String, [PayloadCount; 2]>,
+    /// Payload per item after the external separator (when it ran).
+    pub payload_external: [PayloadCount; 2],
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct SetReport {
     pub models: PathBuf,
@@ -97,6 +117,8 @@ pub struct SetReport {
     pub z_unmarked: Vec<f64>,
     /// The decision threshold on z.
     pub threshold: f64,
+    /// Per scenario: SNR, BER and payloads per item.
+    pub scenarios: std::collections::BTreeMap<String, ScenarioReport>,
 }
 
 impl SetReport {
@@ -125,6 +147,7 @@ impl SetReport {
             z_marked: Vec::new(),
             z_unmarked: Vec::new(),
             threshold: f64::NAN,
+            scenarios: Default::default(),
         }
     }
 }
@@ -149,6 +172,11 @@ fn mean(v: &[f64]) -> f64 {
 fn cell(v: &[f64], digits: usize) -> String {
     let m = mean(v);
     if m.is_nan() { "–".into() } else { format!("{m:.digits$}") }
+}
+
+/// A bit error rate to two places, or "–" when no bits were read.
+fn percent(b: BitCount) -> String {
+    if b.bits == 0 { "–".into() } else { format!("{:.2}", b.percent()) }
 }
 
 /// Table 1's columns in the paper's order; a family that did not run is left out.
@@ -194,6 +222,52 @@ impl Report {
         s + "\n"
     }
 
+    /// Per scenario and stem: SNR, BER and the payload read per item on every path.
+    fn scenarios(&self) -> String {
+        let codecs: std::collections::BTreeSet<&String> =
+            self.sets.iter().flat_map(|r| r.scenarios.values().flat_map(|c| c.payload_codec.keys())).collect();
+        let external = self.sets.iter().any(|r| r.scenarios.values().any(|c| c.payload_external[0].items > 0));
+        let mut s = "## Per scenario: payloads per item\n\nCorrect / items (wrong payloads). BER on blocks of the whole item; SNR mean of the marked stems. Codec columns read the payload from the coded mix itself.\n\n| models | scenario | stem | SNR dB | BER alone % | BER on the mix % | stem alone | on the mix | after separation | Stemmark Detect |".to_string();
+        for c in &codecs {
+            s += &format!(" {c} mix |");
+        }
+        if external {
+            s += " after Spleeter |";
+        }
+        s += "\n|---|---|---|---:|---:|---:|---:|---:|---:|---:|";
+        s += &"---:|".repeat(codecs.len() + external as usize);
+        s += "\n";
+        let count = |p: PayloadCount| format!("{}/{} ({})", p.correct, p.items, p.wrong);
+        for r in &self.sets {
+            for (scenario, c) in &r.scenarios {
+                for (i, stem) in STEMS.iter().enumerate() {
+                    s += &format!(
+                        "| {} | {scenario} | {stem} | {} | {} | {} | {} | {} | {} | {} |",
+                        r.models.display(),
+                        cell(&c.snr[i], 1),
+                        percent(c.ber_alone[i]),
+                        percent(c.ber_mix[i]),
+                        count(c.payload_alone[i]),
+                        count(c.payload_mix[i]),
+                        count(c.payload_separated[i]),
+                        count(c.payload_detect[i]),
+                    );
+                    for codec in &codecs {
+                        s += &match c.payload_codec.get(*codec) {
+                            Some(p) => format!(" {} |", count(p[i])),
+                            None => " – |".into(),
+                        };
+                    }
+                    if external {
+                        s += &format!(" {} |", count(c.payload_external[i]));
+                    }
+                    s += "\n";
+                }
+            }
+        }
+        s + "\n"
+    }
+
     pub fn markdown(&self) -> String {
         let mut s = format!(
             "# Stemmark evaluation\n\ndata: `{}`, {} items, seed {}\n\n",
@@ -204,6 +278,7 @@ impl Report {
         for n in &self.notes {
             s += &format!("Note: {n}\n\n");
         }
+        s += &self.scenarios();
         s += &self.table1();
         s += "## BER (%) per stem, no attack\n\n| models | stem | stem alone | after separation | on the mix | blocks | payload from the stem alone |\n|---|---|---:|---:|---:|---:|---:|\n";
         for r in &self.sets {
@@ -315,6 +390,22 @@ mod tests {
         let md = report.markdown();
         assert!(md.contains("| set | speech+music | 25.00 (20.0 / 30.0) | 5.00 (0.0 / 10.0) |"), "{md}");
         assert!(md.contains("| models | scenario | Origin | Filter |"), "{md}");
+    }
+
+    #[test]
+    fn per_scenario_rows_hold_each_path_and_only_the_codecs_that_ran() {
+        let mut r = SetReport::new(Path::new("set"));
+        let mut c = ScenarioReport { items: 2, ..Default::default() };
+        c.snr = [vec![28.0, 30.0], vec![29.0, 29.0]];
+        for p in [&mut c.payload_alone, &mut c.payload_mix, &mut c.payload_separated, &mut c.payload_detect] {
+            p[0].tally(5, &[Some(5)]);
+            p[0].tally(5, &[None]);
+        }
+        c.payload_codec.insert("MP3 128 kbit/s".into(), [PayloadCount { items: 2, correct: 1, wrong: 0 }, PayloadCount::default()]);
+        r.scenarios.insert("speech+music".into(), c);
+        let md = Report { data: "d".into(), seed: 0, items: 2, sets: vec![r], notes: vec![] }.markdown();
+        assert!(md.contains("| MP3 128 kbit/s mix |") && !md.contains("Spleeter |"), "{md}");
+        assert!(md.contains("| set | speech+music | foreground | 29.0 | – | – | 1/2 (0) | 1/2 (0) | 1/2 (0) | 1/2 (0) | 1/2 (0) |"), "{md}");
     }
 
     #[test]

@@ -307,7 +307,7 @@ mod tests {
             eprintln!("no {}: corpus part skipped", corpus.display());
             return;
         }
-        let items = crate::eval::items::load(&corpus, 4, 0).unwrap();
+        let items = crate::eval::items::load(&corpus, 2, 0, &mut Vec::new()).unwrap();
         let lufs = stemmark_models::spec::STEM_LUFS;
         let level = |a: &Audio| {
             let mut a = a.clone();
