@@ -172,7 +172,7 @@ impl EmbedStream {
             let n = self.frames.len() as f32;
             for b in 0..BINS {
                 let sum: Complex32 = self.frames.iter().map(|f| f[t * BINS + b]).sum();
-                self.mag[[0, b, t]] = sum.norm() / n;
+                self.mag[[0, b, t]] = crate::stft::magnitude(sum) / n;
             }
             self.filled = t + 1;
         }

@@ -61,7 +61,13 @@ impl Embedder {
         // Keep every gain inside the (scaled) designed cap, so a model that overshoots can never
         // write more than the promised change; a non-finite value leaves the cell alone.
         let cap = (self.manifest.channel.cell_cap * strength as f64) as f32;
-        let out = mask.mapv(|m| if m.is_finite() && m > 0.0 { (strength * m.ln()).clamp(-cap, cap).exp() } else { 1.0 });
+        let out = if strength == 1.0 {
+            // The default strength: the same clamp on the gain itself, without a ln and an exp per cell.
+            let (lo, hi) = ((-cap).exp(), cap.exp());
+            mask.mapv(|m| if m.is_finite() && m > 0.0 { m.clamp(lo, hi) } else { 1.0 })
+        } else {
+            mask.mapv(|m| if m.is_finite() && m > 0.0 { (strength * m.ln()).clamp(-cap, cap).exp() } else { 1.0 })
+        };
         if out.dim().2 != FRAMES_PER_BLOCK {
             return Err(RuntimeError::Run { role: "embedder", why: format!("mask has shape {:?}", out.dim()) }.into());
         }

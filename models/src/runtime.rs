@@ -168,6 +168,12 @@ impl Model {
             .map_err(|e| session_err(e.into()))?
             .with_intra_threads(threads.max(1))
             .map_err(|e| session_err(e.into()))?;
+        // A developer's switch: ONNX Runtime's per-node timings as a Chrome trace, one per session.
+        if let Some(dir) = std::env::var_os("STEMMARK_ORT_PROFILE") {
+            b = b
+                .with_profiling(Path::new(&dir).join(contract.role))
+                .map_err(|e| session_err(e.into()))?;
+        }
         if provider == Provider::Cuda {
             b = b
                 .with_execution_providers([ort::ep::CUDA::default().build().error_on_failure()])

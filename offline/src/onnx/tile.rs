@@ -98,21 +98,33 @@ fn tile_levels(g: &mut GraphBuilder, mag: &Value, floor_db: &Value) -> Value {
 /// Median along `axis` (of size `n`) as numpy takes it, kept as a size-1 axis: the last one or
 /// two of the `n/2 + 1` largest.
 fn median(g: &mut GraphBuilder, x: &Value, axis: i64, n: usize) -> Value {
+    // The upper half unsorted (a selection, not a sort: the embedder's 16 020 tiles cost 1 ms
+    // sorted), then its one or two smallest, which are the middle of `x`.
     let k = n / 2 + 1;
     let kv = g.ints(&[k as i64]);
-    let top = g.node(
+    let upper = g.node(
         "TopK",
         &[x, &kv],
         &["", ""],
         [
             ("axis", Attr::Int(axis)),
             ("largest", Attr::Int(1)),
-            ("sorted", Attr::Int(1)),
+            ("sorted", Attr::Int(0)),
         ],
     );
-    let from = if n.is_multiple_of(2) { k - 2 } else { k - 1 };
-    let middle = g.slice(&top[0], &[from as i64], &[k as i64], &[axis], None);
-    g.reduce_mean(&middle, &[axis], true)
+    let middle_n = if n.is_multiple_of(2) { 2 } else { 1 };
+    let mv = g.ints(&[middle_n]);
+    let middle = g.node(
+        "TopK",
+        &[&upper[0], &mv],
+        &["", ""],
+        [
+            ("axis", Attr::Int(axis)),
+            ("largest", Attr::Int(0)),
+            ("sorted", Attr::Int(0)),
+        ],
+    );
+    g.reduce_mean(&middle[0], &[axis], true)
 }
 
 /// `[B, COLS, ROWS]` tiles → the difference (first − second) and the mean of each unit's two
@@ -221,12 +233,9 @@ pub fn embedder(params: &Params) -> Result<Model> {
     // Every tile's gain on its cells, 1 outside the band.
     let m = g.transpose(&tile_mask, &[0, 2, 1]);
     let m = g.reshape(&m, &[-1, TILE_ROWS as i64, 1, TILE_COLS as i64, 1]);
-    let ones = g.init_f32(
-        "tile.cell_ones",
-        &[1.0; TILE_BINS * TILE_FRAMES],
-        &[1, 1, TILE_BINS, 1, TILE_FRAMES],
-    )?;
-    let m = g.mul(&m, &ones);
+    // Expand copies each tile's gain to its cells (a broadcast Mul by ones costs 0.7 ms here).
+    let cells = g.ints(&[1, 1, TILE_BINS as i64, 1, TILE_FRAMES as i64]);
+    let m = g.op("Expand", &[&m, &cells], []);
     let m = g.reshape(
         &m,
         &[
@@ -524,6 +533,22 @@ mod tests {
                     .count();
                 assert_eq!(errors, 0, "{name} block {b}: {errors} bit errors");
             }
+        }
+    }
+
+    /// The shipped embedder and detector are exactly what this writer makes from the shipped
+    /// manifest's constants, so a change to the graphs cannot leave `models/` behind (rewrite
+    /// with `stemmark export --channel-only -o models/`, then the baseline's sha256 lines).
+    #[test]
+    fn shipped_channel_models_are_this_writers() {
+        let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().join("models");
+        let manifest = stemmark_models::manifest::Manifest::load(&shipped).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        write_tile_models(dir.path(), &manifest.channel).unwrap();
+        for file in [contract::EMBEDDER.file, contract::DETECTOR.file] {
+            let ours = std::fs::read(dir.path().join(file)).unwrap();
+            let theirs = std::fs::read(shipped.join(file)).unwrap();
+            assert!(ours == theirs, "models/{file} is not what the writer makes now: run `stemmark export --channel-only -o models/`");
         }
     }
 }
