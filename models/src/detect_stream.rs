@@ -17,8 +17,8 @@ use crate::modelset::ModelError;
 use crate::payload;
 use crate::separator::Separator;
 use crate::spec::{BLOCK, STEM_NAMES};
-use crate::tile::window::{self, WindowBlock};
-use crate::tile::{CellSums, Params, Patterns};
+use crate::tile::window::{self, GrowingWindow, WindowBlock};
+use crate::tile::{Params, Patterns};
 
 /// Separator context on each side of a block (1 s), so the block's stems are not edge-limited.
 pub const CONTEXT: usize = BLOCK / 2;
@@ -53,8 +53,10 @@ pub struct PathReading {
 struct Track {
     path: &'static str,
     key: usize,
-    /// Per analysed block: its grid index and cell sums (None when it was silent on this path).
-    blocks: Vec<(i64, Option<CellSums>)>,
+    /// Per analysed block: its grid index and whether it was audible on this path.
+    blocks: Vec<(i64, bool)>,
+    /// The audible blocks' cell sums and logits.
+    window: GrowingWindow,
 }
 
 pub struct DetectStream {
@@ -96,7 +98,7 @@ impl DetectStream {
         }
         let tracks = paths
             .iter()
-            .flat_map(|&path| (0..keys.len()).map(move |key| Track { path, key, blocks: Vec::new() }))
+            .flat_map(|&path| (0..keys.len()).map(move |key| Track { path, key, blocks: Vec::new(), window: GrowingWindow::default() }))
             .collect();
         Ok(DetectStream {
             patterns: keys.iter().map(Patterns::from_key).collect(),
@@ -199,8 +201,10 @@ impl DetectStream {
             // The feature is the same for every key: one STFT and one model run per path.
             let feature = if audible(&audio) { det.block_features(&[&audio])?.pop() } else { None };
             for t in self.tracks.iter_mut().filter(|t| t.path == path) {
-                let sums = feature.as_ref().map(|f| f.cell_sums(&self.patterns[t.key], index));
-                t.blocks.push((index, sums));
+                t.blocks.push((index, feature.is_some()));
+                if let Some(f) = &feature {
+                    t.window.push(WindowBlock { index, sums: f.cell_sums(&self.patterns[t.key], index) });
+                }
             }
         }
         self.next_block += 1;
@@ -208,22 +212,22 @@ impl DetectStream {
         Ok(())
     }
 
-    /// The current decision on every path and key, with per-block states.
-    pub fn readings(&self) -> Vec<PathReading> {
+    /// The current decision on every path and key, with per-block states. Logits are kept
+    /// between calls ([`GrowingWindow`]), so calling this after every block stays cheap.
+    pub fn readings(&mut self) -> Vec<PathReading> {
+        let (keys, cal, channel) = (&self.keys, &self.cal, &self.channel);
         self.tracks
-            .iter()
+            .iter_mut()
             .map(|t| {
-                let key = &self.keys[t.key];
-                let window: Vec<WindowBlock> =
-                    t.blocks.iter().filter_map(|(index, s)| s.clone().map(|sums| WindowBlock { index: *index, sums })).collect();
-                let logits = window::window_logits(&window, &self.channel);
-                let decision = window::decide_logits(&logits, key, &self.cal, GridIndex::Known);
+                let key = &keys[t.key];
+                let logits = t.window.logits(channel);
+                let decision = window::decide_logits(logits, key, cal, GridIndex::Known);
                 let reference = decision.payload.and_then(|p| payload::encode(p, key).ok());
                 let mut read = logits.iter();
                 let states = t
                     .blocks
                     .iter()
-                    .map(|(index, s)| match (s.as_ref().and(read.next()), reference) {
+                    .map(|(index, audible)| match (audible.then(|| read.next()).flatten(), reference) {
                         (None, _) => BlockState::Uncertain,
                         (Some(_), None) if decision.verdict == Verdict::Uncertain => BlockState::Uncertain,
                         (Some(_), None) => BlockState::NotMarked,

@@ -174,6 +174,29 @@ pub fn dsp_table(size: Size) -> anyhow::Result<String> {
     Ok(table)
 }
 
+/// `readings` windows of `blocks` blocks of cell sums: a mark of unequal strength per cell under
+/// unit noise (the running decision's cost does not depend on the audio).
+fn running_sessions(blocks: usize, readings: usize) -> Vec<Vec<stemmark_models::tile::window::WindowBlock>> {
+    use rand::{Rng, SeedableRng};
+    use stemmark_models::spec::{CELLS, MESSAGE_BITS};
+    use stemmark_models::tile::CellSums;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+    (0..readings)
+        .map(|_| {
+            (0..blocks as i64)
+                .map(|index| {
+                    let mut sums = CellSums { s: [[0.0; CELLS]; MESSAGE_BITS], v: [[1.0; CELLS]; MESSAGE_BITS] };
+                    for row in sums.s.iter_mut() {
+                        let bit = if rng.random_bool(0.5) { 1.0 } else { -1.0 };
+                        row.iter_mut().enumerate().for_each(|(e, x)| *x = bit * 0.05 * (e % 6) as f64 + rng.random_range(-1.7..1.7));
+                    }
+                    stemmark_models::tile::window::WindowBlock { index, sums }
+                })
+                .collect()
+        })
+        .collect()
+}
+
 /// The tile channel (contract v2) on `size.model_seconds` of synthetic stereo music, one thread:
 /// the Rust reference and the ONNX models built from the designed constants, side by side.
 /// Needs ONNX Runtime loaded. Markdown: task | audio seconds | wall seconds | × real time.
@@ -247,11 +270,43 @@ pub fn tile_table(size: Size) -> anyhow::Result<String> {
         ));
     }
 
+    let mut rows: Vec<(String, f64, f64)> = rows.into_iter().map(|(t, w)| (t, seconds as f64, w)).collect();
+    // Stemmark Detect's running decision after every block: 12 readings (mix + 2 stems × 4 keys)
+    // over a 5 min session, re-weighed from scratch at each look vs kept between looks.
+    // (--quick: 40 s and 2 readings, only to see that it runs.)
+    let (blocks, readings) = if size.model_seconds >= 20 { (150, 12) } else { (20, 2) };
+    let session = running_sessions(blocks, readings);
+    let session_seconds = 2.0 * session[0].len() as f64;
+    rows.push((
+        format!("Detect running decision, {readings} readings, a look at {session_seconds} s, re-weighed from scratch"),
+        2.0,
+        once(&mut || {
+            session.iter().for_each(|blocks| {
+                std::hint::black_box(window::window_logits(blocks, &params));
+            });
+            Ok(())
+        })?,
+    ));
+    rows.push((
+        format!("Detect running decision, {readings} readings, a look after every block for {session_seconds} s, kept"),
+        session_seconds,
+        once(&mut || {
+            for blocks in &session {
+                let mut w = window::GrowingWindow::default();
+                for b in blocks {
+                    w.push(b.clone());
+                    std::hint::black_box(w.logits(&params));
+                }
+            }
+            Ok(())
+        })?,
+    ));
+
     let mut table = String::from(
         "| tile channel task (one thread) | audio seconds | wall seconds | × real time |\n|---|---:|---:|---:|\n",
     );
-    for (task, wall) in rows {
-        table.push_str(&format!("| {task} | {seconds} | {wall:.3} | {:.0} |\n", seconds as f64 / wall));
+    for (task, audio, wall) in rows {
+        table.push_str(&format!("| {task} | {audio} | {wall:.3} | {:.0} |\n", audio / wall));
     }
     if cfg!(debug_assertions) {
         table.push_str("\n(debug build: timings are not representative; use --release)\n");
@@ -274,6 +329,7 @@ mod tests {
         let t = super::tile_table(super::Size::QUICK).unwrap();
         let rows = t.lines().filter(|l| l.starts_with("| tile embed") || l.starts_with("| tile detect"));
         assert_eq!(rows.count(), 7, "{t}");
+        assert_eq!(t.lines().filter(|l| l.starts_with("| Detect running decision")).count(), 2, "{t}");
     }
 
     #[test]

@@ -482,7 +482,7 @@ impl DetectWorker {
     fn publish(&self, w: &mut Work, complete: bool) {
         let dropped = self.shared.dropped_frames.load(Ordering::Relaxed);
         let lost_blocks = (dropped * SAMPLE_RATE as u64 / self.rate.max(1) as u64).div_ceil(BLOCK as u64);
-        let (readings, blocks, lag) = match &w.stream {
+        let (readings, blocks, lag) = match &mut w.stream {
             Some(s) => (s.readings(), s.blocks_done, s.lag() as f64 / SAMPLE_RATE as f64),
             None => (Vec::new(), 0, 0.0),
         };

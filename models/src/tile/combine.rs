@@ -15,39 +15,38 @@
 use super::{CellSums, Params};
 use crate::spec::{CELLS, MESSAGE_BITS};
 
-type Matrix = [[f64; CELLS]; CELLS];
+pub(crate) type Matrix = [[f64; CELLS]; CELLS];
 
 /// Cell weights for each block of the window (one block alone: all 1).
 pub fn rank1_weights(blocks: &[CellSums], params: &Params) -> Vec<[f64; CELLS]> {
-    let k = blocks.len();
-    if k < 2 {
-        return vec![[1.0; CELLS]; k];
-    }
-    // Per block: Σ_b z_be z_bf.
-    let grams: Vec<Matrix> = blocks
-        .iter()
-        .map(|blk| {
-            let z = blk.cell_z();
-            std::array::from_fn(|e| std::array::from_fn(|f| z.iter().map(|zb| zb[e] * zb[f]).sum()))
-        })
-        .collect();
+    let grams: Vec<Matrix> = blocks.iter().map(gram).collect();
     let mut total = [[0.0f64; CELLS]; CELLS];
     grams.iter().for_each(|g| add(&mut total, g, 1.0));
-    let norm = 1.0 / (MESSAGE_BITS * (k - 1)) as f64;
-    let eps2 = params.weight_floor * params.weight_floor;
-    grams
-        .iter()
-        .map(|g| {
-            let mut m = [[0.0f64; CELLS]; CELLS];
-            add(&mut m, &total, norm);
-            add(&mut m, g, -norm);
-            let mu = leading_profile(&m, params.rank1_iterations);
-            std::array::from_fn(|e| (mu[e] * mu[e] + eps2).sqrt())
-        })
-        .collect()
+    grams.iter().map(|g| others_weights(&total, g, blocks.len(), params)).collect()
 }
 
-fn add(acc: &mut Matrix, m: &Matrix, factor: f64) {
+/// One block's Σ_b z_be z_bf over its bits.
+pub(crate) fn gram(blk: &CellSums) -> Matrix {
+    let z = blk.cell_z();
+    std::array::from_fn(|e| std::array::from_fn(|f| z.iter().map(|zb| zb[e] * zb[f]).sum()))
+}
+
+/// The weights of the block whose gram is `own`, from the other `k − 1` of the `k` blocks whose
+/// grams sum to `total`.
+pub(crate) fn others_weights(total: &Matrix, own: &Matrix, k: usize, params: &Params) -> [f64; CELLS] {
+    if k < 2 {
+        return [1.0; CELLS];
+    }
+    let norm = 1.0 / (MESSAGE_BITS * (k - 1)) as f64;
+    let eps2 = params.weight_floor * params.weight_floor;
+    let mut m = [[0.0f64; CELLS]; CELLS];
+    add(&mut m, total, norm);
+    add(&mut m, own, -norm);
+    let mu = leading_profile(&m, params.rank1_iterations);
+    std::array::from_fn(|e| (mu[e] * mu[e] + eps2).sqrt())
+}
+
+pub(crate) fn add(acc: &mut Matrix, m: &Matrix, factor: f64) {
     acc.iter_mut()
         .flatten()
         .zip(m.iter().flatten())

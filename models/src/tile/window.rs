@@ -14,6 +14,7 @@
 //! payloads in 192 of 200 readings at z 0.7 per block over 15 blocks where sign agreement gives
 //! 118, and 175 vs 74 at z 1.1 over 5 blocks; no wrong payload either way.
 
+use super::combine::{Matrix, add, gram, others_weights};
 use super::{BlockFeature, CellSums, Params, Patterns, block_logits};
 use crate::decision::{
     Calibration, Decision, GridBlock, GridIndex, MAX_WORD_ERRORS, chi_square_z, conclude, unmasked,
@@ -39,6 +40,81 @@ pub fn window_logits(blocks: &[WindowBlock], params: &Params) -> Vec<GridBlock> 
             logits: l.map(|x| x as f32),
         })
         .collect()
+}
+
+/// A window that grows one block at a time (Stemmark Detect's running reading), whose logits
+/// are kept between looks: [`window_logits`] costs one 18 × 18 eigen-solve per block, so
+/// re-weighing every block at every look grows with the square of the session (a look at 5 min
+/// with 12 readings took 3 s, longer than the 2 s block it follows). Here a look weighs each new
+/// block once, from the blocks there are then, and re-weighs [`Self::REFRESH`] older blocks, those
+/// weighed longest ago (below [`Self::ALWAYS`] blocks, all of them). Every block's weights still
+/// come from the other blocks only, so its logit keeps the exact null; a block weighed at window
+/// size m has `window_logits(&blocks[..m])`'s numbers; the cost of a look is bounded.
+#[derive(Debug, Clone, Default)]
+pub struct GrowingWindow {
+    blocks: Vec<WindowBlock>,
+    grams: Vec<Matrix>,
+    /// Σ of `grams`, summed in block order (as `rank1_weights` sums them).
+    total: Matrix,
+    logits: Vec<GridBlock>,
+    /// Per block: the window size it was last weighed at.
+    weighed_on: Vec<usize>,
+    /// Where the round of re-weighing older blocks goes on.
+    cursor: usize,
+}
+
+impl GrowingWindow {
+    /// Up to this many blocks every look re-weighs them all (cheap, and early weights settle).
+    pub const ALWAYS: usize = 16;
+    /// Older blocks re-weighed per look beyond that.
+    pub const REFRESH: usize = 3;
+
+    pub fn push(&mut self, block: WindowBlock) {
+        let g = gram(&block.sums);
+        add(&mut self.total, &g, 1.0);
+        self.grams.push(g);
+        self.blocks.push(block);
+    }
+
+    pub fn len(&self) -> usize {
+        self.blocks.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.blocks.is_empty()
+    }
+
+    /// The window size each block was last weighed at (as of the last look).
+    pub fn weighed_on(&self) -> &[usize] {
+        &self.weighed_on
+    }
+
+    /// Every block's logits (still masked), in push order.
+    pub fn logits(&mut self, params: &Params) -> &[GridBlock] {
+        let k = self.blocks.len();
+        let old = if k <= Self::ALWAYS { 0 } else { self.logits.len() };
+        let mut todo: Vec<usize> = (old..k).collect();
+        // Round robin over the older blocks, skipping any already weighed at this size.
+        for _ in 0..old {
+            if todo.len() >= k - old + Self::REFRESH {
+                break;
+            }
+            let j = self.cursor % old;
+            self.cursor = j + 1;
+            if self.weighed_on[j] < k {
+                todo.push(j);
+            }
+        }
+        self.logits.resize(k, GridBlock { index: 0, logits: [0.0; MESSAGE_BITS] });
+        self.weighed_on.resize(k, 0);
+        for j in todo {
+            let (b, g) = (&self.blocks[j], &self.grams[j]);
+            let w = others_weights(&self.total, g, k, params);
+            self.logits[j] = GridBlock { index: b.index, logits: b.sums.z(&w).map(|x| x as f32) };
+            self.weighed_on[j] = k;
+        }
+        &self.logits
+    }
 }
 
 /// A key's reading of block features, block i at grid index `blocks[i].0 + shift`: the cell sums
@@ -211,6 +287,48 @@ mod tests {
                 }
             })
             .collect()
+    }
+
+    #[test]
+    fn a_growing_window_weighs_each_block_from_the_others_with_a_bounded_cost() {
+        use crate::spec::CELLS;
+        let mut rng = ChaCha8Rng::seed_from_u64(9);
+        let params = Params::default();
+        // Cell sums of a mark of unequal strength per cell, under unit noise.
+        let blocks: Vec<WindowBlock> = (0..40)
+            .map(|index| {
+                let mut sums = CellSums { s: [[0.0; CELLS]; MESSAGE_BITS], v: [[1.0; CELLS]; MESSAGE_BITS] };
+                for row in sums.s.iter_mut() {
+                    let bit = if rng.random_bool(0.5) { 1.0 } else { -1.0 };
+                    for (e, x) in row.iter_mut().enumerate() {
+                        *x = bit * 0.05 * (e % 6) as f64 + gauss(&mut rng);
+                    }
+                }
+                WindowBlock { index, sums }
+            })
+            .collect();
+        // Looked at after every block (and twice after the last).
+        let mut w = GrowingWindow::default();
+        let prefixes: Vec<Vec<GridBlock>> = (1..=blocks.len()).map(|k| window_logits(&blocks[..k], &params)).collect();
+        let mut before = Vec::new();
+        for k in (1..=blocks.len()).chain([blocks.len()]) {
+            if w.len() < k {
+                w.push(blocks[k - 1].clone());
+            }
+            let logits = w.logits(&params).to_vec();
+            let on = w.weighed_on().to_vec();
+            assert_eq!(logits.len(), k);
+            // A block weighed at size m has exactly window_logits(blocks[..m])'s numbers (the
+            // same sums in the same order).
+            for (j, (l, &m)) in logits.iter().zip(&on).enumerate() {
+                assert_eq!(*l, prefixes[m - 1][j], "{k} blocks, block {j} weighed at {m}");
+            }
+            // Up to ALWAYS blocks: all; beyond, the new block and REFRESH older ones.
+            let fresh = (0..k).filter(|&j| before.get(j) != Some(&on[j])).count();
+            let bound = if k <= GrowingWindow::ALWAYS { k } else { k - before.len() + GrowingWindow::REFRESH };
+            assert!(fresh <= bound && fresh >= bound.min(k), "{k} blocks: {fresh} weighed, {bound} expected");
+            before = on;
+        }
     }
 
     #[test]
