@@ -53,8 +53,8 @@ pub fn window_logits(blocks: &[WindowBlock], params: &Params) -> Vec<GridBlock> 
 #[derive(Debug, Clone, Default)]
 pub struct GrowingWindow {
     blocks: Vec<WindowBlock>,
-    grams: Vec<Matrix>,
-    /// Σ of `grams`, summed in block order (as `rank1_weights` sums them).
+    /// Σ of the blocks' grams, summed in block order (as `rank1_weights` sums them); a block's
+    /// own gram is recomputed when it is weighed (a hundredth of the eigen-solve, and no memory).
     total: Matrix,
     logits: Vec<GridBlock>,
     /// Per block: the window size it was last weighed at.
@@ -70,9 +70,7 @@ impl GrowingWindow {
     pub const REFRESH: usize = 3;
 
     pub fn push(&mut self, block: WindowBlock) {
-        let g = gram(&block.sums);
-        add(&mut self.total, &g, 1.0);
-        self.grams.push(g);
+        add(&mut self.total, &gram(&block.sums), 1.0);
         self.blocks.push(block);
     }
 
@@ -108,8 +106,8 @@ impl GrowingWindow {
         self.logits.resize(k, GridBlock { index: 0, logits: [0.0; MESSAGE_BITS] });
         self.weighed_on.resize(k, 0);
         for j in todo {
-            let (b, g) = (&self.blocks[j], &self.grams[j]);
-            let w = others_weights(&self.total, g, k, params);
+            let b = &self.blocks[j];
+            let w = others_weights(&self.total, &gram(&b.sums), k, params);
             self.logits[j] = GridBlock { index: b.index, logits: b.sums.z(&w).map(|x| x as f32) };
             self.weighed_on[j] = k;
         }
