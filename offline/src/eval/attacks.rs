@@ -58,7 +58,7 @@ mod with_torch {
         fn attacks_keep_the_shape_and_change_the_audio() {
             let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
             let mix: Vec<Vec<f32>> = (0..2)
-                .map(|c| (0..44_100).map(|i| (0.3 * ((i as f32) * 0.05 + c as f32).sin())).collect())
+                .map(|c| (0..44_100).map(|i| 0.3 * ((i as f32) * 0.05 + c as f32).sin()).collect())
                 .collect();
             for (family, _) in FAMILIES {
                 for _ in 0..4 {
