@@ -244,6 +244,8 @@ struct Pending {
     keys: Vec<Key>,
     payloads: Vec<u32>,
     quality_pairs: [(Vec<f32>, Vec<f32>); 2],
+    /// Per stem, the blocks with content (see [`content_blocks`]).
+    content: [Vec<bool>; 2],
 }
 
 /// One model set over all items.
@@ -311,7 +313,7 @@ fn external_separator(python: &Path, det: &mut Detector, pending: &[Pending], r:
         for s in 0..2 {
             let mid = Audio::new(SAMPLE_RATE, stems[s].clone()).mid();
             let word = payload::encode(p.payloads[s], &p.keys[s])?;
-            counts[s].merge(block_errors(det, &mid, &p.keys[s], word)?);
+            counts[s].merge(block_errors(det, &mid, &p.keys[s], word, &p.content[s])?);
             let d = det.detect(&mid, std::slice::from_ref(&p.keys[s]), Alignment::Fixed(0))?.remove(0).decision;
             r.payload_external[s].tally(p.payloads[s], &[d.payload]);
             r.scenarios.entry(p.scenario.clone()).or_default().payload_external[s].tally(p.payloads[s], &[d.payload]);
@@ -357,6 +359,7 @@ fn evaluate_item(
         originals.push(o);
     }
     let len = marked[0].len().min(marked[1].len());
+    let content: [Vec<bool>; 2] = std::array::from_fn(|s| content_blocks(&marked[s].mid()));
     let mix: Vec<Vec<f32>> = (0..2).map(|c| (0..len).map(|i| marked[0].channels[c][i] + marked[1].channels[c][i]).collect()).collect();
     let separated = sep.separate(&mix, &mut |_, _| {})?;
     let words: Vec<u32> = (0..2).map(|s| payload::encode(payloads[s], &keys[s])).collect::<Result<_, _>>()?;
@@ -366,7 +369,7 @@ fn evaluate_item(
         let counts = r.ber_codec.entry(c.name().to_string()).or_default();
         for s in 0..2 {
             let mid = Audio::new(SAMPLE_RATE, stems[s].clone()).mid();
-            counts[s].merge(block_errors(det, &mid, &keys[s], words[s])?);
+            counts[s].merge(block_errors(det, &mid, &keys[s], words[s], &content[s])?);
         }
         let coded_mix = attacked.mid();
         let per_item = r.scenarios.entry(item.scenario.clone()).or_default().payload_codec.entry(c.name().to_string()).or_default();
@@ -385,7 +388,7 @@ fn evaluate_item(
         let counts = table.entry(column.to_string()).or_default();
         for s in 0..2 {
             let mid = Audio::new(SAMPLE_RATE, stems[s].clone()).mid();
-            counts[s].merge(block_errors(det, &mid, &keys[s], words[s])?);
+            counts[s].merge(block_errors(det, &mid, &keys[s], words[s], &content[s])?);
         }
     }
     #[cfg(not(feature = "train"))]
@@ -402,7 +405,7 @@ fn evaluate_item(
         let alone_mid = marked[s].mid();
         let mut bits = [BitCount::default(); 3];
         for (k, audio) in [&alone_mid, &est_mid, &mix_mid].into_iter().enumerate() {
-            bits[k].merge(block_errors(det, audio, &keys[s], word)?);
+            bits[k].merge(block_errors(det, audio, &keys[s], word, &content[s])?);
         }
         r.ber_alone[s].merge(bits[0]);
         r.ber_separated[s].merge(bits[1]);
@@ -453,14 +456,22 @@ fn evaluate_item(
     r.scenarios.entry(item.scenario.clone()).or_default().items += 1;
     double_mark(emb, det, &item.foreground, rng, r)?;
     r.blocks += (len / BLOCK) as u64;
-    Ok(Pending { scenario: item.scenario.clone(), mix, keys, payloads, quality_pairs })
+    Ok(Pending { scenario: item.scenario.clone(), mix, keys, payloads, quality_pairs, content })
+}
+
+/// Per grid block of a stem (grid from its first sample): whether it has content. A block where
+/// the stem is silent carries no mark (the embedder leaves silence alone), so BER counts only
+/// blocks with content: on the mix such a block would read the other stem, at 50 %.
+fn content_blocks(mid: &[f32]) -> Vec<bool> {
+    mid.chunks_exact(BLOCK).map(stemmark_models::detector::audible).collect()
 }
 
 /// Bit errors of every block of `mid` (grid from its first sample) read with `key`, against the
-/// stem's `word` under each block's mask.
-fn block_errors(det: &mut Detector, mid: &[f32], key: &Key, word: u32) -> Result<BitCount> {
+/// stem's `word` under each block's mask, counted on the blocks where `content` holds.
+fn block_errors(det: &mut Detector, mid: &[f32], key: &Key, word: u32, content: &[bool]) -> Result<BitCount> {
     let mut bits = BitCount::default();
-    for b in det.grid_logits(mid, 0, 0, key, usize::MAX)? {
+    let has_content = |index: i64| usize::try_from(index).ok().and_then(|i| content.get(i).copied()).unwrap_or(false);
+    for b in det.grid_logits(mid, 0, 0, key, usize::MAX)?.into_iter().filter(|b| has_content(b.index)) {
         bits.add(metrics::bit_errors(payload::from_logits(&b.logits), payload::block_word(word, key, b.index)));
     }
     Ok(bits)
@@ -474,11 +485,26 @@ fn double_mark(emb: &mut Embedder, det: &mut Detector, stem: &Audio, rng: &mut C
     let once = emb.embed(&stem.channels, &keys[0], payloads[0], 1.0, &mut |_, _| {})?;
     let twice = Audio::new(SAMPLE_RATE, emb.embed(&once, &keys[1], payloads[1], 1.0, &mut |_, _| {})?);
     let mid = twice.mid();
+    let content = content_blocks(&stem.mid());
     for m in 0..2 {
         let word = payload::encode(payloads[m], &keys[m])?;
-        r.double_mark_ber[m].merge(block_errors(det, &mid, &keys[m], word)?);
+        r.double_mark_ber[m].merge(block_errors(det, &mid, &keys[m], word, &content)?);
         let rep = det.detect(&mid, std::slice::from_ref(&keys[m]), Alignment::Fixed(0))?.remove(0);
         r.double_mark[m].tally(payloads[m], &[rep.decision.payload]);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_blocks_where_the_stem_sounds_have_content() {
+        // Block 0 a tone, block 1 silence, block 2 a tone at −70 dBFS (below the silence floor),
+        // and a partial block that is not a grid block.
+        let tone = |amp: f32| (0..BLOCK).map(move |i| amp * (i as f32 * 0.05).sin());
+        let mid: Vec<f32> = tone(0.3).chain(std::iter::repeat_n(0.0, BLOCK)).chain(tone(3e-4)).chain(tone(0.3).take(1000)).collect();
+        assert_eq!(content_blocks(&mid), [true, false, false]);
+    }
 }

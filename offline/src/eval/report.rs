@@ -227,7 +227,7 @@ impl Report {
         let codecs: std::collections::BTreeSet<&String> =
             self.sets.iter().flat_map(|r| r.scenarios.values().flat_map(|c| c.payload_codec.keys())).collect();
         let external = self.sets.iter().any(|r| r.scenarios.values().any(|c| c.payload_external[0].items > 0));
-        let mut s = "## Per scenario: payloads per item\n\nCorrect / items (wrong payloads). BER on blocks of the whole item; SNR mean of the marked stems. Codec columns read the payload from the coded mix itself.\n\n| models | scenario | stem | SNR dB | BER alone % | BER on the mix % | stem alone | on the mix | after separation | Stemmark Detect |".to_string();
+        let mut s = "## Per scenario: payloads per item\n\nCorrect / items (wrong payloads). BER per block, on the blocks where the stem has content (audible alone); SNR mean of the marked stems. Codec columns read the payload from the coded mix itself.\n\n| models | scenario | stem | SNR dB | BER alone % | BER on the mix % | stem alone | on the mix | after separation | Stemmark Detect |".to_string();
         for c in &codecs {
             s += &format!(" {c} mix |");
         }
@@ -280,7 +280,7 @@ impl Report {
         }
         s += &self.scenarios();
         s += &self.table1();
-        s += "## BER (%) per stem, no attack\n\n| models | stem | stem alone | after separation | on the mix | blocks | payload from the stem alone |\n|---|---|---:|---:|---:|---:|---:|\n";
+        s += "## BER (%) per stem, no attack\n\nEvery BER in this report counts the blocks where the marked stem has content (audible alone): where it is silent it carries no mark.\n\n| models | stem | stem alone | after separation | on the mix | blocks | payload from the stem alone |\n|---|---|---:|---:|---:|---:|---:|\n";
         for r in &self.sets {
             for (i, stem) in STEMS.iter().enumerate() {
                 let p = r.payload_alone[i];
