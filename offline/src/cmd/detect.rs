@@ -153,12 +153,12 @@ fn print_table(r: &Report) {
     }
     for f in &r.found {
         println!(
-            "FOUND payload {} with key {:?} ({}) on {} (false-positive rate ≤ {})",
+            "FOUND payload {} with key {:?} ({}) on {} (false-positive rate {})",
             f.payload,
             f.key,
             f.fingerprint,
             f.read_on.join(", "),
-            rate(f.false_positive_rate)
+            if f.false_positive_rate < 1e-300 { rate(f.false_positive_rate) } else { format!("≤ {}", rate(f.false_positive_rate)) }
         );
     }
 }

@@ -501,7 +501,7 @@ mod tests {
 
     #[test]
     fn only_blocks_where_the_stem_sounds_have_content() {
-        // Block 0 a tone, block 1 silence, block 2 a tone at −70 dBFS (below the silence floor),
+        // Block 0 a tone, block 1 silence, block 2 a tone at −73 dBFS (under the −70 dBFS floor),
         // and a partial block that is not a grid block.
         let tone = |amp: f32| (0..BLOCK).map(move |i| amp * (i as f32 * 0.05).sin());
         let mid: Vec<f32> = tone(0.3).chain(std::iter::repeat_n(0.0, BLOCK)).chain(tone(3e-4)).chain(tone(0.3).take(1000)).collect();
