@@ -46,6 +46,8 @@ pub struct Key {
     name: String,
     /// Derived once: every block read or marked needs one.
     masks: [u32; MASK_PERIOD],
+    /// The payload code's step permutation per cycle row ([`crate::code`]).
+    code_perms: [[u8; MESSAGE_BITS]; MASK_PERIOD],
 }
 
 impl std::fmt::Debug for Key {
@@ -64,9 +66,10 @@ struct KeyFile {
 
 impl Key {
     pub fn from_bytes(bytes: [u8; KEY_BYTES], name: impl Into<String>) -> Key {
-        let mut key = Key { bytes, name: name.into(), masks: [0; MASK_PERIOD] };
+        let mut key = Key { bytes, name: name.into(), masks: [0; MASK_PERIOD], code_perms: [[0; MESSAGE_BITS]; MASK_PERIOD] };
         let all: [u8; 4 * MASK_PERIOD] = key.derive("block masks");
         key.masks = std::array::from_fn(|k| u32::from_le_bytes(all[4 * k..4 * k + 4].try_into().expect("4 bytes")));
+        key.code_perms = crate::code::permutations(key.derive("payload code interleaver"));
         key
     }
 
@@ -145,6 +148,12 @@ impl Key {
     /// unmarked audio adds up. With it, only the marking key's masks line the blocks up again.
     pub fn block_mask(&self, index: i64) -> u32 {
         self.masks[index.rem_euclid(MASK_PERIOD as i64) as usize]
+    }
+
+    /// The payload code's permutation for grid block `index` (by its cycle row): channel bit b
+    /// carries trellis step `perm[b]`.
+    pub fn code_permutation(&self, index: i64) -> &[u8; MESSAGE_BITS] {
+        &self.code_perms[index.rem_euclid(MASK_PERIOD as i64) as usize]
     }
 
     pub fn load(path: &Path) -> Result<Key, KeyError> {

@@ -6,6 +6,7 @@ pub mod stft;
 pub mod resample;
 pub mod keys;
 pub mod payload;
+pub mod code;
 pub mod decision;
 pub mod contract;
 pub mod manifest;

@@ -267,11 +267,14 @@ fn json_is_the_only_thing_on_stdout_for_bench_and_corpus() {
     let o = e.run(&["--json", "bench", "--quick"]);
     assert!(o.status.success(), "{}", text(&o));
     let tables = json(&o)["tables"].as_array().cloned().unwrap();
-    assert_eq!(tables.len(), 3, "the DSP table, the tile channel's and the model table");
-    for table in &tables[1..] {
+    assert_eq!(tables.len(), 4, "the DSP table, the tile channel's, the model table and the payload code's");
+    for table in &tables[1..3] {
         let rows = table["rows"].as_array().unwrap();
         assert!(!rows.is_empty() && rows.iter().all(|r| r["× real time"].as_f64().is_some_and(|x| x > 0.0)), "{rows:?}");
     }
+    let code = tables[3]["rows"].as_array().unwrap();
+    assert_eq!(code.len(), 4, "{code:?}");
+    assert!(code.iter().all(|r| r["z per block for ≥ 99 % payloads"].as_f64().is_some_and(|z| z > 0.0)), "{code:?}");
     let manifest = concat!(env!("CARGO_MANIFEST_DIR"), "/corpus/manifest.json");
     for args in [vec!["--json", "corpus", "stats", "--out", manifest], vec!["corpus", "stats", "--json", "--out", manifest]] {
         let o = e.run(&args);

@@ -57,7 +57,7 @@ impl BitStream {
 }
 
 /// Uniform in 0..n (n ≥ 1) by rejection.
-fn below(rng: &mut ChaCha20Rng, n: u32) -> u32 {
+pub(crate) fn below(rng: &mut ChaCha20Rng, n: u32) -> u32 {
     let zone = u32::MAX - (u32::MAX % n + 1) % n;
     loop {
         let x = rng.next_u32();

@@ -1,5 +1,6 @@
 //! `stemmark bench`: speed of the DSP front end and (when models are present) the models, as
-//! multiples of real time, measured side by side in one run.
+//! multiples of real time, measured side by side in one run; then the payload code against
+//! repetition on a synthetic channel (the weakest mark each still reads).
 
 use std::time::Instant;
 
@@ -39,6 +40,7 @@ pub fn run(opts: &ModelOpts, what: Option<&str>, quick: bool, json: bool) -> Res
         Ok(dir) => tables.push(model_table(&dir, opts, size.model_seconds)?),
         Err(e) => tables.push(format!("(model rows skipped: {e:#})")),
     }
+    tables.push(crate::bench::payload_code::table(size));
     if quick {
         tables.iter_mut().for_each(|t| t.push_str("\n(--quick: a few seconds timed once; these timings are not worth quoting)\n"));
     }

@@ -1,6 +1,9 @@
-//! Speed tables for `stemmark bench`: STFT/iSTFT and resampling on 60 s of stereo audio, and the
-//! tile channel's reference and models.
+//! Tables for `stemmark bench`: STFT/iSTFT and resampling on 60 s of stereo audio, the payload
+//! code against repetition on a synthetic channel ([`payload_code`]), and the tile channel's
+//! reference and models.
 //! Meaningful only from a release build.
+
+pub mod payload_code;
 
 use std::time::Instant;
 
