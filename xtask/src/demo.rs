@@ -118,14 +118,20 @@ fn print_table(r: &serde_json::Value) {
         let key = x["key"].as_str().unwrap_or("?");
         let expected = PAYLOADS.iter().find(|(n, _)| *n == key).map_or("-".into(), |(_, p)| p.to_string());
         println!(
-            "{:<12} {:<8} {:<10} {:>9} {:>9} {:>7.2} {:>10.1e}",
+            "{:<12} {:<8} {:<10} {:>9} {:>9} {:>7.2} {:>10}",
             x["stem"].as_str().unwrap_or("mix"),
             key,
             x["verdict"].as_str().unwrap_or("?"),
             x["payload"].as_u64().map_or("-".into(), |p| p.to_string()),
             expected,
             x["z"].as_f64().unwrap_or(f64::NAN),
-            x["false_positive_rate"].as_f64().unwrap_or(f64::NAN),
+            rate(x["false_positive_rate"].as_f64().unwrap_or(f64::NAN)),
         );
     }
+}
+
+/// A false-positive rate as `stemmark detect` prints it: below f64's range it underflows to 0,
+/// which must not read as "exactly zero".
+fn rate(r: f64) -> String {
+    if r < 1e-300 { "< 1e-300".into() } else { format!("{r:.1e}") }
 }
