@@ -132,20 +132,27 @@ pub struct Decision {
     pub verdict: Verdict,
     /// The payload, only when `verdict` is `Found`.
     pub payload: Option<u32>,
-    /// Calibrated statistic (≈ N(0,1) without a mark).
+    /// The reading's statistic. Payload code (the tile channel's reader,
+    /// [`crate::tile::window`]): the decoded word's correlation T (N(0, 1) for any one word
+    /// without a mark; the decoded word is the best of many, so unmarked audio gives about 5).
+    /// Repetition readers: the calibrated χ² z (≈ N(0, 1) without a mark).
     pub z: f64,
-    /// Probability that unmarked audio scores at least this high and passes the check.
+    /// Bound on the probability that unmarked audio scores at least this high and passes the
+    /// check, every hypothesis tried counted.
     pub false_positive_rate: f64,
     /// Blocks that were combined.
     pub blocks: usize,
     /// Shift of the mask cycle that was used (embedder's block index − reader's); 0 when known.
     pub grid_shift: usize,
-    /// Combined logits (sum over blocks, masks taken off), still under the key's scrambler.
-    pub combined: Vec<f32>,
-    /// Per block: its hard 32-bit word with its mask taken off (still scrambled).
+    /// Per block: its 32 hard bits with the block's mask taken off.
     pub block_words: Vec<u32>,
-    /// Per block: how many of its 32 hard bits agree with the combined word.
+    /// Per block: how many of its 32 hard bits agree with what the decided word sends there.
     pub block_agreement: Vec<u8>,
+    /// A mark of payload format 1 (the same word in every block; Stemmark builds before the
+    /// payload code) read with this key, and its payload: reported instead of a payload, so the
+    /// stem can be marked again.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub old_format_payload: Option<u32>,
 }
 
 /// Sign-consistency z (uncalibrated). Blocks with any non-finite logit are ignored.
@@ -296,9 +303,9 @@ pub(crate) fn conclude(
         false_positive_rate: fpr,
         blocks: logits.len(),
         grid_shift,
-        combined: combined.to_vec(),
         block_words,
         block_agreement,
+        old_format_payload: None,
     }
 }
 
@@ -362,7 +369,7 @@ mod tests {
     fn noisy_blocks(rng: &mut ChaCha8Rng, word: Option<(u32, &Key)>, n: usize, ber: f64) -> Vec<GridBlock> {
         (0..n as i64)
             .map(|index| {
-                let w = word.map_or_else(|| rng.random(), |(w, k)| payload::block_word(w, k, index));
+                let w = word.map_or_else(|| rng.random(), |(w, k)| crate::tile::repetition::block_word(w, k, index));
                 let bits = payload::to_bipolar(w);
                 let logits = std::array::from_fn(|i| {
                     let flip = if rng.random_bool(ber) { -1.0 } else { 1.0 };
@@ -416,7 +423,7 @@ mod tests {
             let d = decide(&blocks, &key, &cal, GridIndex::Known);
             wrong += d.payload.is_some_and(|p| p != 654_321) as usize;
             uncertain += (d.verdict == Verdict::Uncertain) as usize;
-            let combined: [f32; MESSAGE_BITS] = d.combined.clone().try_into().unwrap();
+            let combined = sum(unmasked(&blocks, &key, 0).iter().map(|b| &b.logits));
             let ungated = crc_aided(payload::from_logits(&combined), &combined, &key).filter(|_| d.z >= cal.threshold(1));
             wrong_ungated += ungated.is_some_and(|p| p != 654_321) as usize;
         }

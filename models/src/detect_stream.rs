@@ -223,6 +223,7 @@ impl DetectStream {
                 let logits = t.window.logits(channel);
                 let decision = window::decide_logits(logits, key, cal, GridIndex::Known);
                 let reference = decision.payload.and_then(|p| payload::encode(p, key).ok());
+                // A block agrees when its hard bits are within 4 of what the decoded word sends there.
                 let mut read = logits.iter();
                 let states = t
                     .blocks
@@ -232,8 +233,8 @@ impl DetectStream {
                         (Some(_), None) if decision.verdict == Verdict::Uncertain => BlockState::Uncertain,
                         (Some(_), None) => BlockState::NotMarked,
                         (Some(b), Some(w)) => {
-                            let word = payload::from_logits(&b.logits) ^ key.block_mask(*index);
-                            if (word ^ w).count_ones() <= 4 { BlockState::Marked } else { BlockState::NotMarked }
+                            let sent = payload::block_word(w, key, *index);
+                            if (payload::from_logits(&b.logits) ^ sent).count_ones() <= 4 { BlockState::Marked } else { BlockState::NotMarked }
                         }
                     })
                     .collect();

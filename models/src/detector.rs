@@ -156,7 +156,10 @@ impl Detector {
             let features = d.features(mag.view())?;
             let blocks: Vec<(i64, &BlockFeature)> =
                 starts.iter().map(|&s| ((s - off) / BLOCK) as i64).zip(features.iter()).collect();
-            Ok(window::best_shift_features(&blocks, &patterns, key, GridIndex::Search, &d.manifest.channel).1)
+            // The code's T, or a payload-format-1 mark's √S, whichever lines up (each is ≈ the
+            // mark's amplitude × √(bits read) when aligned, noise-sized when not).
+            let found = window::best_shift_features(&blocks, &patterns, key, GridIndex::Search, &d.manifest.channel);
+            Ok(found.t.max(found.format1.1.sqrt()))
         };
         let mut best = (f64::NEG_INFINITY, 0usize);
         for off in (0..BLOCK).step_by(COARSE_STEP).filter(|o| o + BLOCK <= mid.len()) {

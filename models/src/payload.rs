@@ -1,8 +1,8 @@
-//! Message framing: the 32 bits each block carries are a 24-bit user payload followed by a CRC-8
-//! of it, XORed with the key's scrambler and with the key's mask for the block's place on the grid
-//! ([`crate::keys::Key::block_mask`]). Bit i of a message is bit (31 − i) of the u32 word,
-//! and a set bit is sent as +1 to the embedder (−1 otherwise); the detector's logit is positive
-//! for a 1.
+//! Message framing: the 32-bit word is a 24-bit user payload followed by a CRC-8 of it, XORed with
+//! the key's scrambler. Block k of the grid carries the word's payload code for its place in the
+//! cycle ([`crate::code`]) under the key's mask for k ([`crate::keys::Key::block_mask`]). Bit i of
+//! a word is bit (31 − i) of the u32, and a set bit is sent as +1 to the embedder (−1 otherwise);
+//! the detector's logit is positive for a 1.
 
 use crate::keys::Key;
 use crate::spec::{CHECK_BITS, MESSAGE_BITS, PAYLOAD_BITS};
@@ -47,9 +47,10 @@ pub fn encode(payload: u32, key: &Key) -> Result<u32, PayloadTooLarge> {
     Ok(frame(payload)? ^ key.scrambler())
 }
 
-/// The word grid block `index` carries: the stem's word under that block's mask.
+/// The 32 bits grid block `index` carries for a stem's word: its payload code bits for that
+/// block, under the block's mask.
 pub fn block_word(word: u32, key: &Key, index: i64) -> u32 {
-    word ^ key.block_mask(index)
+    crate::code::block_word(word, key, index)
 }
 
 /// Logits of a block read with its mask taken off (the sign of bit i flips where the mask has it).
@@ -88,7 +89,7 @@ mod tests {
             let w = encode(payload, &k).unwrap();
             prop_assert_eq!(decode(w, &k), Some(payload));
             prop_assert_eq!(from_logits(&to_bipolar(w)), w);
-            let sent = block_word(w, &k, 5);
+            let sent = crate::tile::repetition::block_word(w, &k, 5);
             prop_assert_eq!(from_logits(&unmask(&to_bipolar(sent), k.block_mask(5))), w);
         }
 

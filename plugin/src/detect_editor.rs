@@ -109,7 +109,7 @@ impl DetectApp {
             }
         }
         egui::Grid::new("paths").num_columns(6).striped(true).show(ui, |ui| {
-            for h in ["path", "key", "verdict", "payload", "z", "recent blocks"] {
+            for h in ["path", "key", "verdict", "payload", "T", "recent blocks"] {
                 ui.label(egui::RichText::new(h).strong());
             }
             ui.end_row();

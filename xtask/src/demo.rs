@@ -113,7 +113,7 @@ fn pick_stems(corpus: &Path) -> Result<(PathBuf, PathBuf)> {
 }
 
 fn print_table(r: &serde_json::Value) {
-    println!("\n{:<12} {:<8} {:<10} {:>9} {:>9} {:>7} {:>10}", "read on", "key", "verdict", "payload", "expected", "z", "FP rate");
+    println!("\n{:<12} {:<8} {:<10} {:>9} {:>9} {:>7} {:>10}", "read on", "key", "verdict", "payload", "expected", "T", "FP rate");
     for x in r["readings"].as_array().into_iter().flatten() {
         let key = x["key"].as_str().unwrap_or("?");
         let expected = PAYLOADS.iter().find(|(n, _)| *n == key).map_or("-".into(), |(_, p)| p.to_string());

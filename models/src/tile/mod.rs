@@ -34,6 +34,7 @@ pub mod feature;
 pub mod models;
 pub mod patterns;
 pub mod reference;
+pub mod repetition;
 pub mod window;
 
 #[cfg(test)]

@@ -80,9 +80,11 @@ fn block_mag(x: &[f32], b: usize) -> ndarray::Array2<f32> {
         .magnitude()
 }
 
+/// The prototype's messages: payload format 1 (one word under each block's mask), which its
+/// stored outputs were computed from; the channel does not depend on the code.
 fn messages() -> Vec<[f32; MESSAGE_BITS]> {
     (0..BLOCKS)
-        .map(|b| payload::to_bipolar(payload::block_word(word(), &key(), b as i64)))
+        .map(|b| payload::to_bipolar(super::repetition::block_word(word(), &key(), b as i64)))
         .collect()
 }
 
@@ -244,7 +246,7 @@ fn the_channel_matches_the_numpy_prototype() {
             assert_eq!(g.len(), TILES);
         }
         // Detector on the marked and on the unmarked host: per-cell sums on the noise's scale.
-        let marked = reference::embed(std::slice::from_ref(&host), &key(), word(), &params)
+        let marked = reference::embed_messages(std::slice::from_ref(&host), &key(), |b| messages()[b as usize], &params)
             .unwrap()
             .remove(0);
         let sums = sums_of(&marked, &patterns, &params);

@@ -9,12 +9,11 @@
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use stemmark_models::code;
 use stemmark_models::decision::{Calibration, GridBlock, GridIndex, normal_upper_tail};
 use stemmark_models::keys::Key;
 use stemmark_models::payload;
 use stemmark_models::spec::MESSAGE_BITS;
-use stemmark_models::tile::window;
+use stemmark_models::tile::{repetition, window};
 
 /// Right payloads a mark must give to count as read.
 const TARGET: f64 = 0.99;
@@ -23,14 +22,15 @@ const TARGET: f64 = 0.99;
 enum Decoder {
     /// Every block the same word under its mask: soft sums, χ²₃₂ presence, CRC-aided flips.
     Repetition,
-    /// The convolutional code over the cycle: Viterbi, check + correlation bound.
+    /// The convolutional code over the cycle (what `embed` writes and `detect` reads): Viterbi,
+    /// check + correlation bound.
     Convolutional,
 }
 
 impl Decoder {
     fn label(self) -> &'static str {
         match self {
-            Decoder::Repetition => "repetition (format 2)",
+            Decoder::Repetition => "repetition (payload format 1)",
             Decoder::Convolutional => "convolutional K = 9",
         }
     }
@@ -38,17 +38,18 @@ impl Decoder {
     fn channel_word(self, payload: u32, key: &Key, index: i64) -> u32 {
         let info = payload::encode(payload, key).expect("payload fits");
         match self {
-            Decoder::Repetition => payload::block_word(info, key, index),
-            Decoder::Convolutional => code::block_word(info, key, index),
+            Decoder::Repetition => repetition::block_word(info, key, index),
+            Decoder::Convolutional => payload::block_word(info, key, index),
         }
     }
 
     fn read(self, blocks: &[GridBlock], key: &Key) -> Option<u32> {
         let cal = Calibration::default();
-        match self {
-            Decoder::Repetition => window::decide_logits(blocks, key, &cal, GridIndex::Search).payload,
-            Decoder::Convolutional => code::read(blocks, key, GridIndex::Search, cal.target_fpr).payload,
-        }
+        let decide = match self {
+            Decoder::Repetition => repetition::decide_logits,
+            Decoder::Convolutional => window::decide_logits,
+        };
+        decide(blocks, key, &cal, GridIndex::Search).payload
     }
 }
 

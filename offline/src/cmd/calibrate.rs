@@ -1,23 +1,24 @@
-//! `stemmark calibrate`: measures the decision statistic's null distribution of a model set and
-//! writes it into the manifest, so the threshold holds its false-positive rate for these models
-//! (the theory assumes fair, independent blocks; a trained detector need not give that). Every
-//! (item, path, key) reading — each stem, the mix, and each separated stem, read with random keys
-//! on the known grid (one hypothesis; a shift search counts its hypotheses in the threshold) — is
-//! one sample of the null statistic, and the calibration is fitted to those. `--search` reads
-//! with the offset and shift search instead, to measure what that selection adds (a manifest
-//! written from it holds the searched null, conservative for known-grid reading).
+//! `stemmark calibrate`: measures the decision's null on a model set — readings of audio that
+//! carries no mark of the reading key — and checks it against the bound the decision states.
+//! The payload code's reader needs no fitted constant: every block's logit is N(0, 1) without a
+//! mark (weights from the other blocks), and the chance that a reading names a payload is at most
+//! hypotheses · 2²⁴ · Q(T) at its correlation T ([`stemmark_models::code`]). A detector whose
+//! logits were not N(0, 1) would break that; this command is how to see it: how many null
+//! readings reach each level of the presence bound (≤ p expected about p of the time, the bound
+//! being a union bound), and how many name a payload (none expected). It writes the target rate
+//! into the manifest, and refuses when a null reading named a payload.
 //!
-//! Two kinds of audio are read: the items unmarked, and the same items with both stems marked by
-//! two other keys — what a key ring meets on a master bus (other producers' marks). Both are null
-//! readings and both are fitted; they are also reported apart. Before the per-block masks (see
-//! [`stemmark_models::keys::Key::block_mask`]) a mark repeated one word in every block and any key
-//! read it as some consistent word (shipped models, 24 items × 8 keys: raw z mean 3.92, up to
-//! 9.44); with the masks those readings are as random as unmarked audio (mean −0.02, max 2.88).
+//! Every (item, path, key) reading — each stem, the mix, and each separated stem, read with
+//! random keys on the known grid (one hypothesis), or with `--search` the offset and shift search
+//! of `stemmark detect` without `--offset` — is one null reading. Two kinds of audio are read:
+//! the items unmarked, and the same items with both stems marked by two other keys (what a key
+//! ring meets on a master bus); they are reported apart.
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
+use stemmark_models::code;
 use stemmark_models::decision::{Calibration, GridIndex};
 use stemmark_models::detector::{Alignment, Detector};
 use stemmark_models::embedder::Embedder;
@@ -46,12 +47,11 @@ pub struct Args {
     pub target_fpr: f64,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Only print the fit; leave the manifest as it is
+    /// Only print the measurement; leave the manifest as it is
     #[arg(long)]
     pub dry_run: bool,
     /// Read with the offset and grid-shift search of `stemmark detect` without `--offset` (about
-    /// 4× slower): measures how much that search inflates the null (fitted as usual; Found
-    /// counted at the threshold for its 16 shifts)
+    /// 4× slower): the null of that search, judged by the bound for its 16 shifts
     #[arg(long)]
     pub search: bool,
 }
@@ -65,8 +65,8 @@ pub fn run(args: Args, opts: &ModelOpts, json: bool) -> Result<()> {
     let mut det = Detector::open(&dir, opts.provider)?;
     let mut sep = Separator::open(&dir, opts.provider)?;
     let mut emb = Embedder::open(&dir, opts.provider)?;
-    // Raw statistics: read with the theoretical null, whatever the manifest says now.
-    det.set_calibration(Calibration::default());
+    // Read at the rate asked for, whatever the manifest says now.
+    det.set_calibration(Calibration { target_fpr: args.target_fpr, ..Calibration::default() });
     let mut notes = Vec::new();
     let items = crate::eval::items::load(&args.data, args.items, args.seed, &mut notes)?;
     for n in &notes {
@@ -84,7 +84,7 @@ pub fn run(args: Args, opts: &ModelOpts, json: bool) -> Result<()> {
     let pb = progress("calibrate");
     pb.set_length(items.len() as u64);
     // Null readings: of unmarked audio, and of marked audio with keys that did not mark it.
-    // (raw z, a payload passed the check and the bound) per reading.
+    // (T, a payload named) per reading.
     let mut null: Vec<(f64, bool)> = Vec::new();
     let mut other: Vec<(f64, bool)> = Vec::new();
     for item in &items {
@@ -104,7 +104,6 @@ pub fn run(args: Args, opts: &ModelOpts, json: bool) -> Result<()> {
                     if r.decision.blocks == 0 {
                         continue;
                     }
-                    // Read with the theoretical null, a payload means: check and bound held.
                     let reading = (r.decision.z, r.decision.payload.is_some());
                     if is_marked { other.push(reading) } else { null.push(reading) }
                 }
@@ -113,57 +112,75 @@ pub fn run(args: Args, opts: &ModelOpts, json: bool) -> Result<()> {
         pb.inc(1);
     }
     pb.finish_and_clear();
-    let z: Vec<f64> = null.iter().chain(&other).map(|r| r.0).collect();
-    let cal = Calibration::fit(&z, args.target_fpr).context("fewer than 10 readings: give more items")?;
-    // Found under the fitted rule: a payload (check and bound) and the calibrated z over the threshold.
-    let found = |rs: &[(f64, bool)]| rs.iter().filter(|(zr, p)| *p && (zr - cal.null_mean) / cal.null_std >= cal.threshold(hypotheses)).count();
+    if null.len() + other.len() < 10 {
+        bail!("fewer than 10 readings: give more items");
+    }
     let bound = |k: usize, n: usize| crate::eval::metrics::rate_upper_95(k as u64, n as u64);
     let summary = |rs: &[(f64, bool)]| {
         let n = rs.len().max(1) as f64;
-        let mean_z = rs.iter().map(|r| r.0).sum::<f64>() / n;
-        let std_z = (rs.iter().map(|r| (r.0 - mean_z).powi(2)).sum::<f64>() / (n - 1.0).max(1.0)).sqrt();
-        let max_z = rs.iter().map(|r| r.0).fold(f64::NEG_INFINITY, f64::max);
-        let found = found(rs);
-        Summary { readings: rs.len(), mean_z, std_z, max_z, found, found_upper_95: bound(found, rs.len()) }
+        let mean_t = rs.iter().map(|r| r.0).sum::<f64>() / n;
+        let max_t = rs.iter().map(|r| r.0).fold(f64::NEG_INFINITY, f64::max);
+        let presence = PRESENCE_LEVELS
+            .iter()
+            .map(|&p| rs.iter().filter(|r| code::presence_bound(r.0, hypotheses) <= p).count())
+            .collect();
+        let found = rs.iter().filter(|r| r.1).count();
+        Summary { readings: rs.len(), mean_t, max_t, presence_levels: PRESENCE_LEVELS.to_vec(), presence, found, found_upper_95: bound(found, rs.len()) }
     };
     let (unmarked, others) = (summary(&null), summary(&other));
+    let cal = Calibration { target_fpr: args.target_fpr, ..Calibration::default() };
+    let threshold = code::threshold(args.target_fpr, hypotheses);
+    let readings = null.len() + other.len();
     if json {
         println!(
             "{}",
-            serde_json::json!({"readings": z.len(), "calibration": cal, "threshold": cal.threshold(hypotheses),
+            serde_json::json!({"readings": readings, "calibration": cal, "threshold": threshold,
                 "unmarked": unmarked, "other_marks": others})
         );
     } else {
         println!(
-            "{} null readings: fitted mean {:.3}, std {:.3} (kept ≥ 1); threshold on the calibrated z {:.2} for {:.0e} per key and stem",
-            z.len(),
-            cal.null_mean,
-            cal.null_std,
-            cal.threshold(hypotheses),
-            cal.target_fpr,
+            "{readings} null readings ({hypotheses} grid shift(s) each); a payload needs T ≥ {threshold:.2} for {:.0e} per key and stem",
+            args.target_fpr,
         );
         for (what, s) in [("unmarked audio", &unmarked), ("marked audio, keys that did not mark it", &others)] {
+            let levels: Vec<String> = s
+                .presence_levels
+                .iter()
+                .zip(&s.presence)
+                .map(|(p, k)| format!("≤ {p:.0e}: {k} (bound {:.1})", p * s.readings as f64))
+                .collect();
             println!(
-                "  {what}: {} readings, raw z mean {:.2}, std {:.2}, max {:.2}; reported as Found: {} (95 % bound {:.2e})",
-                s.readings, s.mean_z, s.std_z, s.max_z, s.found, s.found_upper_95
+                "  {what}: {} readings, T mean {:.2}, max {:.2}; presence bound {}; payload named: {} (95 % bound {:.2e})",
+                s.readings, s.mean_t, s.max_t, levels.join(", "), s.found, s.found_upper_95
             );
         }
+    }
+    let named = unmarked.found + others.found;
+    if named > 0 {
+        bail!("{named} null readings named a payload: these models' logits are not N(0, 1) without a mark, and the decision's bound does not hold for them; the manifest is left as it is");
     }
     if !args.dry_run {
         manifest.calibration = cal;
         manifest.save(&dir).with_context(|| format!("cannot write the manifest in {}", dir.display()))?;
-        eprintln!("calibration written to {}", dir.join(stemmark_models::manifest::FILE).display());
+        eprintln!("target rate written to {}", dir.join(stemmark_models::manifest::FILE).display());
     }
     Ok(())
 }
+
+/// Presence-bound levels whose null readings are counted.
+const PRESENCE_LEVELS: [f64; 3] = [1e-1, 1e-2, 1e-3];
 
 /// One kind of null reading, as printed and in `--json`.
 #[derive(serde::Serialize)]
 struct Summary {
     readings: usize,
-    mean_z: f64,
-    std_z: f64,
-    max_z: f64,
+    /// The decoded word's correlation T.
+    mean_t: f64,
+    max_t: f64,
+    presence_levels: Vec<f64>,
+    /// Readings whose presence bound is at most each level (expected: at most level × readings).
+    presence: Vec<usize>,
+    /// Readings that named a payload.
     found: usize,
     found_upper_95: f64,
 }

@@ -47,6 +47,8 @@ pub struct Report {
     pub seconds: f64,
     pub full_blocks: usize,
     pub provider: String,
+    /// The payload format read ([`stemmark_models::code::PAYLOAD_FORMAT`]).
+    pub payload_format: &'static str,
     pub found: Vec<Found>,
     pub readings: Vec<Reading>,
     /// Why nothing could be read, when that is known (silence, too short)
@@ -110,6 +112,7 @@ pub fn analyse(
         }
     }
     Ok(Report {
+        payload_format: stemmark_models::code::PAYLOAD_FORMAT,
         file: file.to_path_buf(),
         seconds: audio.seconds(),
         full_blocks: audio.len() / BLOCK,
@@ -129,7 +132,7 @@ fn summarise(readings: &[Reading]) -> Vec<Found> {
 fn print_table(r: &Report) {
     println!("{}: {:.1} s, {} full blocks, {} provider", r.file.display(), r.seconds, r.full_blocks, r.provider);
     if !r.readings.is_empty() {
-        println!("{:<12} {:<16} {:<10} {:>9} {:>7} {:>10} {:>7}", "read on", "key", "verdict", "payload", "z", "FP rate", "blocks");
+        println!("{:<12} {:<16} {:<10} {:>9} {:>7} {:>10} {:>7}", "read on", "key", "verdict", "payload", "T", "FP rate", "blocks");
         for x in &r.readings {
             let d = &x.report.decision;
             println!(
@@ -147,6 +150,14 @@ fn print_table(r: &Report) {
                 d.blocks
             );
         }
+    }
+    for x in r.readings.iter().filter(|x| x.report.decision.old_format_payload.is_some()) {
+        println!(
+            "OLD FORMAT: key {:?} on {} reads a mark of payload format 1 (payload {}), written by a Stemmark build before the payload code; mark the stem again with this version",
+            x.report.key,
+            x.stem.unwrap_or("mix"),
+            x.report.decision.old_format_payload.unwrap_or_default()
+        );
     }
     if r.found.is_empty() {
         println!("no Stemmark watermark found{}", r.note.as_ref().map_or(String::new(), |n| format!(" ({n})")));

@@ -347,7 +347,8 @@ mod tests {
 
     use super::*;
 
-    const BLOCKS: usize = 2;
+    /// Three blocks: any three consecutive blocks determine the payload code's word.
+    const BLOCKS: usize = 3;
 
     fn hosts() -> Vec<(&'static str, Vec<f32>)> {
         let secs = (BLOCKS * BLOCK) as f64 / 44_100.0;
@@ -426,8 +427,8 @@ mod tests {
         let key = Key::from_bytes([0x3c; 16], "onnx parity");
         let patterns = Patterns::from_key(&key);
         let word = payload::encode(0x5a_c3_0f, &key).unwrap();
-        // Grid blocks 7 and 8: other scramble rows than block 0's.
-        let blocks = [7i64, 8];
+        // Grid blocks 7–9: other scramble rows than block 0's.
+        let blocks = [7i64, 8, 9];
         let messages: Vec<[f32; MESSAGE_BITS]> = blocks
             .iter()
             .map(|&k| payload::to_bipolar(payload::block_word(word, &key, k)))
