@@ -5,7 +5,7 @@
 //! `first_block + k` of the timeline, the index Stemmark Embed masked it with. Once a block and
 //! [`CONTEXT`] samples after it have arrived, the block is separated with CONTEXT samples of
 //! context on both sides, and the mix and every separated stem are decoded with every key. Logits
-//! are kept per (path, key) and decided on demand with the calibrated rule, the same rule
+//! are kept per (path, key) and decided on demand with the payload code's rule ([`crate::tile::window`]), the same rule
 //! `stemmark detect` uses on files.
 
 use ndarray::Array3;
