@@ -219,6 +219,31 @@ pub fn presence_bound(t: f64, hypotheses: usize) -> f64 {
     (hypotheses.max(1) as f64 * CHECKED_WORDS * (1u64 << CHECK_BITS) as f64 * crate::decision::normal_upper_tail(t)).min(1.0)
 }
 
+/// The correlation at which [`presence_bound`] is `p`.
+pub fn presence_threshold(p: f64, hypotheses: usize) -> f64 {
+    let words = hypotheses.max(1) as f64 * CHECKED_WORDS * (1u64 << CHECK_BITS) as f64;
+    crate::decision::normal_upper_quantile((p / words).min(0.5))
+}
+
+/// Presence-bound levels a null's tail is checked at (and the scale fitted to).
+pub const NULL_LEVELS: [f64; 3] = [1e-1, 1e-2, 1e-3];
+
+/// The smallest scale σ ≥ 1 such that null readings' correlations divided by σ reach each
+/// presence-bound level p in [`NULL_LEVELS`] no more often than the bound says (⌊p·n⌋ of n; levels
+/// with p·n < 10 are not judged: a handful of readings in the far tail is mostly sampling noise,
+/// and the fit would overshoot). The theory (N(0, 1) logits) gives σ = 1; a detector whose null
+/// logits spread wider needs σ > 1, and dividing T by it keeps the stated rates.
+pub fn fit_null_scale(null_t: &[f64], hypotheses: usize) -> f64 {
+    let mut t: Vec<f64> = null_t.iter().copied().filter(|x| x.is_finite()).collect();
+    t.sort_by(|a, b| b.total_cmp(a));
+    let n = t.len() as f64;
+    NULL_LEVELS
+        .iter()
+        .filter(|&&p| p * n >= 10.0)
+        .filter_map(|&p| t.get((p * n).floor() as usize).map(|&x| x / presence_threshold(p, hypotheses)))
+        .fold(1.0, f64::max)
+}
+
 /// The correlation a decoded word must reach so that [`false_payload_bound`] is `rate`.
 pub fn threshold(rate: f64, hypotheses: usize) -> f64 {
     crate::decision::normal_upper_quantile((rate / (hypotheses.max(1) as f64 * CHECKED_WORDS)).min(0.5))
@@ -317,6 +342,32 @@ mod tests {
         assert_eq!(pairs, [0, 3, 11]);
         assert!((0..MASK_PERIOD).all(|i| soft_of(&mut rng, 0, &k, i as i64, 3, 1.0).determined()));
         assert!(!Soft::default().determined());
+    }
+
+    #[test]
+    fn the_null_scale_is_one_for_the_theory_and_found_when_wider() {
+        // 4 000 null readings of 10 blocks with logits N(0, σ²): the fit returns ≈ σ (it is the
+        // ratio of an order statistic to a threshold, so a few percent of sampling error), never
+        // below 1.
+        let k = key(6);
+        for (sigma, seed) in [(1.0, 10u64), (1.06, 11)] {
+            let mut rng = ChaCha8Rng::seed_from_u64(seed);
+            let ts: Vec<f64> = (0..4_000)
+                .map(|_| {
+                    let mut soft = Soft::default();
+                    for index in 0..10 {
+                        let logits = std::array::from_fn(|_| (sigma * gauss(&mut rng)) as f32);
+                        soft.add(index, &logits, &k);
+                    }
+                    soft.correlation(soft.viterbi())
+                })
+                .collect();
+            let fit = fit_null_scale(&ts, 1);
+            println!("logits σ {sigma}: fitted scale {fit:.3}");
+            assert!(fit >= 1.0 && (fit - sigma).abs() < 0.04, "σ {sigma}: {fit}");
+        }
+        assert_eq!(fit_null_scale(&[], 1), 1.0);
+        assert!((presence_bound(presence_threshold(1e-2, 16), 16) / 1e-2 - 1.0).abs() < 1e-3);
     }
 
     #[test]

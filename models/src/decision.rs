@@ -48,7 +48,11 @@ const CHECK_SPACE: f64 = (1u32 << CHECK_BITS) as f64;
 /// Measured behaviour of the statistic on unmarked audio and wrong keys.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Calibration {
+    /// Repetition readers: the null mean of their z. The payload code's reader: 0 (unused).
     pub null_mean: f64,
+    /// Repetition readers: the null standard deviation of their z. The payload code's reader:
+    /// the scale σ ≥ 1 its correlation T is divided by, so that real null readings reach each
+    /// level of the bound no more often than it says ([`crate::code::fit_null_scale`]).
     pub null_std: f64,
     /// False-positive rate the threshold is set for, per key and stem.
     pub target_fpr: f64,

@@ -252,6 +252,8 @@ fn calibrate_reads_unmarked_and_other_marked_items_and_leaves_the_manifest_on_dr
     assert!(r["unmarked"]["found_upper_95"].as_f64().unwrap() > 0.0, "{r}");
     assert_eq!(r["unmarked"]["presence"].as_array().unwrap().len(), 3, "{r}");
     assert_eq!(r["calibration"]["target_fpr"].as_f64(), Some(1e-6), "{r}");
+    // 60 readings judge no level (the fit needs p·n ≥ 10 at 1e-1): the theory's scale.
+    assert_eq!(r["calibration"]["null_std"].as_f64(), Some(1.0), "{r}");
     assert_eq!(std::fs::read(e.models.join("manifest.toml")).unwrap(), manifest, "--dry-run wrote the manifest");
     // With the search of `stemmark detect`: the same readings, judged at the threshold for 16 shifts.
     let o = e.run(&["--json", "calibrate", "--data", data.to_str().unwrap(), "--items", "2", "--keys", "3", "--dry-run", "--search"]);

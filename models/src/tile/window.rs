@@ -234,11 +234,13 @@ pub const UNCERTAIN_RATE: f64 = 1e-3;
 /// The decision at `shift`: the decoded word's payload when the blocks determine it, its check
 /// holds and the false-payload bound at its correlation is within the target rate. `z` is that
 /// correlation T (N(0, 1) for any one word without a mark; the decoded word is the best of many,
-/// so unmarked audio scores 5–6 over 15 blocks). The bound needs no fitted null: the calibration's
-/// target rate is all this rule reads of it.
+/// so unmarked audio scores 5–6 over 15 blocks), divided by the calibration's scale σ (1 in
+/// theory; `stemmark calibrate` fits it to real null readings).
 fn finish(shift: usize, blocks: &[GridBlock], key: &Key, cal: &Calibration, grid: GridIndex, old_format: Option<u32>) -> Decision {
     let finite: Vec<GridBlock> = blocks.iter().filter(|b| b.logits.iter().all(|x| x.is_finite())).copied().collect();
-    let (soft, info, t) = decoded(&finite, key, shift);
+    let (soft, info, raw) = decoded(&finite, key, shift);
+    // The calibration's scale: the measured null's spread beyond N(0, 1), if any.
+    let t = raw / cal.null_std.max(1.0);
     let bound = code::false_payload_bound(t, grid.hypotheses());
     let decoded = if soft.determined() && old_format.is_none() { payload::decode(info, key) } else { None };
     let verdict = match decoded {

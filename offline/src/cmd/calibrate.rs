@@ -5,8 +5,10 @@
 //! hypotheses · 2²⁴ · Q(T) at its correlation T ([`stemmark_models::code`]). A detector whose
 //! logits were not N(0, 1) would break that; this command is how to see it: how many null
 //! readings reach each level of the presence bound (≤ p expected about p of the time, the bound
-//! being a union bound), and how many name a payload (none expected). It writes the target rate
-//! into the manifest, and refuses when a null reading named a payload.
+//! being a union bound), and how many name a payload (none expected). Where real readings reach a
+//! level more often than the bound says, it fits the scale σ ≥ 1 that T is divided by so they no
+//! longer do ([`stemmark_models::code::fit_null_scale`]), and writes σ and the target rate into
+//! the manifest; it refuses when a null reading named a payload.
 //!
 //! Every (item, path, key) reading — each stem, the mix, and each separated stem, read with
 //! random keys on the known grid (one hypothesis), or with `--search` the offset and shift search
@@ -120,16 +122,19 @@ pub fn run(args: Args, opts: &ModelOpts, json: bool) -> Result<()> {
         let n = rs.len().max(1) as f64;
         let mean_t = rs.iter().map(|r| r.0).sum::<f64>() / n;
         let max_t = rs.iter().map(|r| r.0).fold(f64::NEG_INFINITY, f64::max);
-        let presence = PRESENCE_LEVELS
+        let presence = code::NULL_LEVELS
             .iter()
             .map(|&p| rs.iter().filter(|r| code::presence_bound(r.0, hypotheses) <= p).count())
             .collect();
         let found = rs.iter().filter(|r| r.1).count();
-        Summary { readings: rs.len(), mean_t, max_t, presence_levels: PRESENCE_LEVELS.to_vec(), presence, found, found_upper_95: bound(found, rs.len()) }
+        Summary { readings: rs.len(), mean_t, max_t, presence_levels: code::NULL_LEVELS.to_vec(), presence, found, found_upper_95: bound(found, rs.len()) }
     };
     let (unmarked, others) = (summary(&null), summary(&other));
-    let cal = Calibration { target_fpr: args.target_fpr, ..Calibration::default() };
-    let threshold = code::threshold(args.target_fpr, hypotheses);
+    let pooled: Vec<f64> = null.iter().chain(&other).map(|r| r.0).collect();
+    let scale = code::fit_null_scale(&pooled, hypotheses);
+    let cal = Calibration { null_std: scale, target_fpr: args.target_fpr, ..Calibration::default() };
+    // On the raw T: the threshold for the rate, times the scale.
+    let threshold = code::threshold(args.target_fpr, hypotheses) * scale;
     let readings = null.len() + other.len();
     if json {
         println!(
@@ -139,7 +144,7 @@ pub fn run(args: Args, opts: &ModelOpts, json: bool) -> Result<()> {
         );
     } else {
         println!(
-            "{readings} null readings ({hypotheses} grid shift(s) each); a payload needs T ≥ {threshold:.2} for {:.0e} per key and stem",
+            "{readings} null readings ({hypotheses} grid shift(s) each); fitted scale σ {scale:.3}; a payload needs T ≥ {threshold:.2} (raw) for {:.0e} per key and stem",
             args.target_fpr,
         );
         for (what, s) in [("unmarked audio", &unmarked), ("marked audio, keys that did not mark it", &others)] {
@@ -150,7 +155,7 @@ pub fn run(args: Args, opts: &ModelOpts, json: bool) -> Result<()> {
                 .map(|(p, k)| format!("≤ {p:.0e}: {k} (bound {:.1})", p * s.readings as f64))
                 .collect();
             println!(
-                "  {what}: {} readings, T mean {:.2}, max {:.2}; presence bound {}; payload named: {} (95 % bound {:.2e})",
+                "  {what}: {} readings, T mean {:.2}, max {:.2}; presence bound (raw T) {}; payload named: {} (95 % bound {:.2e})",
                 s.readings, s.mean_t, s.max_t, levels.join(", "), s.found, s.found_upper_95
             );
         }
@@ -162,13 +167,10 @@ pub fn run(args: Args, opts: &ModelOpts, json: bool) -> Result<()> {
     if !args.dry_run {
         manifest.calibration = cal;
         manifest.save(&dir).with_context(|| format!("cannot write the manifest in {}", dir.display()))?;
-        eprintln!("target rate written to {}", dir.join(stemmark_models::manifest::FILE).display());
+        eprintln!("scale and target rate written to {}", dir.join(stemmark_models::manifest::FILE).display());
     }
     Ok(())
 }
-
-/// Presence-bound levels whose null readings are counted.
-const PRESENCE_LEVELS: [f64; 3] = [1e-1, 1e-2, 1e-3];
 
 /// One kind of null reading, as printed and in `--json`.
 #[derive(serde::Serialize)]
