@@ -277,10 +277,7 @@ mod tests {
         Key::from_bytes([i; 16], format!("k{i}"))
     }
 
-    fn gauss(rng: &mut ChaCha8Rng) -> f64 {
-        let (u, v): (f64, f64) = (rng.random_range(1e-12..1.0), rng.random());
-        (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()
-    }
+    use crate::tile::testsignal::gauss;
 
     /// Blocks `first..first + n` of `info`'s channel words with logits μ·(±1) + N(0, 1).
     fn soft_of(rng: &mut ChaCha8Rng, info: u32, key: &Key, first: i64, n: usize, mu: f64) -> Soft {

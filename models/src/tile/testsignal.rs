@@ -86,6 +86,12 @@ pub fn speech(seconds: f64, seed: u64) -> Vec<f32> {
         .collect()
 }
 
+/// One N(0, 1) draw (Box–Muller): the synthetic logits of the channel's tests and bench.
+pub fn gauss(rng: &mut impl Rng) -> f64 {
+    let (u, v): (f64, f64) = (rng.random_range(1e-12..1.0), rng.random());
+    (-2.0 * u.ln()).sqrt() * (TAU * v).cos()
+}
+
 /// White noise at the given RMS.
 pub fn noise(seconds: f64, rms: f32, seed: u64) -> Vec<f32> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);

@@ -286,11 +286,7 @@ mod tests {
         Key::from_bytes([i; 16], format!("k{i}"))
     }
 
-    /// Box–Muller.
-    fn gauss(rng: &mut ChaCha8Rng) -> f64 {
-        let (u, v): (f64, f64) = (rng.random_range(1e-12..1.0), rng.random());
-        (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()
-    }
+    use crate::tile::testsignal::gauss;
 
     /// n blocks from grid index `first`: ℓ = μ·(the stem's bit under the block's mask) + N(0, 1)
     /// (μ = 0: no mark).

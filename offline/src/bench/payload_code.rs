@@ -13,6 +13,7 @@ use stemmark_models::decision::{Calibration, GridBlock, GridIndex, normal_upper_
 use stemmark_models::keys::Key;
 use stemmark_models::payload;
 use stemmark_models::spec::MESSAGE_BITS;
+use stemmark_models::tile::testsignal::gauss;
 use stemmark_models::tile::{repetition, window};
 
 /// Right payloads a mark must give to count as read.
@@ -65,10 +66,6 @@ fn trials(n: usize, blocks: usize) -> Vec<Trial> {
     (0..n as u64)
         .map(|t| {
             let mut rng = ChaCha8Rng::seed_from_u64(1000 + t);
-            let gauss = |rng: &mut ChaCha8Rng| {
-                let (u, v): (f64, f64) = (rng.random_range(1e-12..1.0), rng.random());
-                (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()
-            };
             Trial {
                 key: Key::from_bytes(rng.random(), "bench"),
                 payload: rng.random_range(0..=payload::MAX_PAYLOAD),
