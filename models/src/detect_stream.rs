@@ -10,14 +10,15 @@
 
 use ndarray::Array3;
 
-use crate::decision::{Calibration, Decision, GridIndex, Verdict};
+use crate::decision::{Calibration, Decision, GridBlock, GridIndex, Verdict};
 use crate::detector::{Detector, audible};
 use crate::keys::Key;
 use crate::modelset::ModelError;
 use crate::payload;
 use crate::separator::Separator;
 use crate::spec::{BLOCK, STEM_NAMES};
-use crate::tile::window::{self, GrowingWindow, WindowBlock};
+use crate::tile::joint;
+use crate::tile::window::{GrowingWindow, WindowBlock};
 use crate::tile::{Params, Patterns};
 
 /// Separator context on each side of a block (1 s), so the block's stems are not edge-limited.
@@ -212,34 +213,69 @@ impl DetectStream {
         Ok(())
     }
 
-    /// The current decision on every path and key, with per-block states. Logits are kept
-    /// between calls ([`GrowingWindow`]), so calling this after every block stays cheap.
+    /// The current decision on every path and key, and each key's joint reading ([`joint`]:
+    /// every candidate charged to the key's rate), with per-block states, key by key. Logits are
+    /// kept between calls ([`GrowingWindow`]), so calling this after every block stays cheap.
     pub fn readings(&mut self) -> Vec<PathReading> {
-        let (keys, cal, channel) = (&self.keys, &self.cal, &self.channel);
-        self.tracks
-            .iter_mut()
-            .map(|t| {
-                let key = &keys[t.key];
-                let logits = t.window.logits(channel);
-                let decision = window::decide_logits(logits, key, cal, GridIndex::Known);
-                let reference = decision.payload.and_then(|p| payload::encode(p, key).ok());
-                // A block agrees when its hard bits are within 4 of what the decoded word sends there.
-                let mut read = logits.iter();
-                let states = t
-                    .blocks
-                    .iter()
-                    .map(|(index, audible)| match (audible.then(|| read.next()).flatten(), reference) {
-                        (None, _) => BlockState::Uncertain,
-                        (Some(_), None) if decision.verdict == Verdict::Uncertain => BlockState::Uncertain,
-                        (Some(_), None) => BlockState::NotMarked,
-                        (Some(b), Some(w)) => {
-                            let sent = payload::block_word(w, key, *index);
-                            if (payload::from_logits(&b.logits) ^ sent).count_ones() <= 4 { BlockState::Marked } else { BlockState::NotMarked }
-                        }
-                    })
-                    .collect();
-                PathReading { path: t.path, key: key.name().to_string(), fingerprint: key.fingerprint(), decision, blocks: states }
-            })
-            .collect()
+        let channel = self.channel;
+        let logits: Vec<Vec<GridBlock>> = self.tracks.iter_mut().map(|t| t.window.logits(&channel).to_vec()).collect();
+        let mut out = Vec::with_capacity(self.tracks.len() + self.keys.len());
+        for (k, key) in self.keys.iter().enumerate() {
+            let mine: Vec<usize> = (0..self.tracks.len()).filter(|&i| self.tracks[i].key == k).collect();
+            // One slot per analysed block (every track has one entry per block, in one order; a
+            // grid index can come twice after a seek), with each path's logits where audible.
+            let mut next: Vec<std::slice::Iter<GridBlock>> = mine.iter().map(|&i| logits[i].iter()).collect();
+            let analysed = mine.first().map_or(0, |&i| self.tracks[i].blocks.len());
+            let slots: Vec<joint::Slot> = (0..analysed)
+                .map(|j| {
+                    let index = self.tracks[mine[0]].blocks[j].0;
+                    let per_path = mine
+                        .iter()
+                        .zip(next.iter_mut())
+                        .map(|(&i, it)| {
+                            let audible = self.tracks[i].blocks[j].1;
+                            audible.then(|| it.next()).flatten().map(|b| &b.logits).filter(|l| l.iter().all(|x| x.is_finite()))
+                        })
+                        .collect();
+                    (index, per_path)
+                })
+                .collect();
+            let paths: Vec<(&'static str, &[GridBlock])> = mine.iter().map(|&i| (self.tracks[i].path, logits[i].as_slice())).collect();
+            let d = joint::decide_logits(&paths, Some(&slots), key, &self.cal, GridIndex::Known);
+            let joint_blocks = (d.candidates.len() > paths.len()).then(|| joint::joint_slots(&slots));
+            for (c, (name, decision)) in d.candidates.into_iter().enumerate() {
+                let states = match mine.get(c) {
+                    Some(&i) => states(&self.tracks[i].blocks, &logits[i], &decision, key),
+                    None => {
+                        let joint = joint_blocks.as_deref().unwrap_or_default();
+                        let blocks: Vec<(i64, bool)> = slots.iter().zip(joint).map(|((index, _), b)| (*index, b.is_some())).collect();
+                        let logits: Vec<GridBlock> = joint.iter().flatten().copied().collect();
+                        states(&blocks, &logits, &decision, key)
+                    }
+                };
+                out.push(PathReading { path: name, key: key.name().to_string(), fingerprint: key.fingerprint(), decision, blocks: states });
+            }
+        }
+        out
     }
+}
+
+/// Each analysed block's state on one path: `blocks` (grid index, audible there) in analysis
+/// order, `logits` those of the audible ones in the same order.
+fn states(blocks: &[(i64, bool)], logits: &[GridBlock], decision: &Decision, key: &Key) -> Vec<BlockState> {
+    let reference = decision.payload.and_then(|p| payload::encode(p, key).ok());
+    // A block agrees when its hard bits are within 4 of what the decoded word sends there.
+    let mut read = logits.iter();
+    blocks
+        .iter()
+        .map(|(index, audible)| match (audible.then(|| read.next()).flatten(), reference) {
+            (None, _) => BlockState::Uncertain,
+            (Some(_), None) if decision.verdict == Verdict::Uncertain => BlockState::Uncertain,
+            (Some(_), None) => BlockState::NotMarked,
+            (Some(b), Some(w)) => {
+                let sent = payload::block_word(w, key, *index);
+                if (payload::from_logits(&b.logits) ^ sent).count_ones() <= 4 { BlockState::Marked } else { BlockState::NotMarked }
+            }
+        })
+        .collect()
 }

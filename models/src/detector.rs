@@ -13,7 +13,7 @@ use crate::modelset::{self, ModelError};
 use crate::runtime::Provider;
 use crate::spec::{BINS, BLOCK, FRAMES_PER_BLOCK, HOP};
 use crate::stft::Stft;
-use crate::tile::window;
+use crate::tile::{joint, window};
 use crate::tile::{BlockFeature, Params, Patterns, TileDetectorModel};
 
 /// Blocks quieter than this (RMS, dBFS) carry no usable mark and are left out of the decision.
@@ -140,6 +140,12 @@ impl Detector {
     /// STFT of the whole signal instead of one per block and offset (a block's own STFT differs
     /// only in its edge frames, which the search can ignore); the reading itself is exact.
     pub fn find_offset(&mut self, mid: &[f32], key: &Key) -> Result<usize, ModelError> {
+        Ok(self.offset_and_score(mid, key)?.0)
+    }
+
+    /// [`find_offset`](Self::find_offset) and the probe's score there (the code's T or format
+    /// 1's √S on the probe blocks), to compare offsets found on several paths.
+    fn offset_and_score(&mut self, mid: &[f32], key: &Key) -> Result<(usize, f64), ModelError> {
         let spec = self.stft.forward(mid);
         let patterns = Patterns::from_key(key);
         let score = |d: &mut Detector, off: usize| -> Result<f64, ModelError> {
@@ -179,7 +185,7 @@ impl Detector {
                 }
             }
         }
-        Ok(best.1)
+        Ok((best.1, best.0))
     }
 
     /// Reads `mid` (44.1 kHz, mono: the mean of a stem's channels) with every key. On a fixed
@@ -213,6 +219,83 @@ impl Detector {
         }
         Ok(reports)
     }
+
+    /// Reads every key on several paths of one recording on one time axis (the mix and the stems
+    /// separated from it, each `(name, mid)`): per key, each path's reading and the key's one
+    /// reading across them ([`joint`]), every candidate charged to its rate. Searched, a key's grid
+    /// offset is the one whose probe scored best on any path (a mark has one grid on all paths).
+    pub fn detect_paths(&mut self, paths: &[(&'static str, &[f32])], keys: &[Key], align: Alignment) -> Result<Vec<KeyReading>, ModelError> {
+        if let Some((name, p)) = paths.iter().find_map(|(n, m)| m.iter().position(|x| !x.is_finite()).map(|p| (n, p))) {
+            return Err(ModelError::Input(format!("non-finite sample at index {p} of the {name}")));
+        }
+        let cal = self.calibration();
+        let grid = match align {
+            Alignment::Fixed(_) => GridIndex::Known,
+            Alignment::Search => GridIndex::Search,
+        };
+        // Features per (path, offset), computed once for every key that uses them.
+        let mut features: std::collections::HashMap<(usize, usize), Vec<(i64, BlockFeature)>> = Default::default();
+        let mut out = Vec::with_capacity(keys.len());
+        for key in keys {
+            let offset = match align {
+                Alignment::Fixed(o) => o,
+                Alignment::Search => {
+                    let mut best = (0, f64::NEG_INFINITY);
+                    for (_, mid) in paths {
+                        let (o, score) = self.offset_and_score(mid, key)?;
+                        if score > best.1 {
+                            best = (o, score);
+                        }
+                    }
+                    best.0
+                }
+            };
+            for (p, (_, mid)) in paths.iter().enumerate() {
+                if let std::collections::hash_map::Entry::Vacant(e) = features.entry((p, offset)) {
+                    e.insert(self.grid_features(mid, offset, usize::MAX)?);
+                }
+            }
+            let read: Vec<(&'static str, Vec<(i64, &BlockFeature)>)> = paths
+                .iter()
+                .enumerate()
+                .map(|(p, (name, _))| (*name, features[&(p, offset)].iter().map(|(k, f)| (*k, f)).collect()))
+                .collect();
+            let d = joint::decide(&read, &Patterns::from_key(key), key, &cal, grid, &self.manifest.channel);
+            out.push(KeyReading {
+                key: key.name().to_string(),
+                fingerprint: key.fingerprint(),
+                offset,
+                carried_by: d.carried_by,
+                decision: d.decision,
+                candidates: d.candidates.into_iter().map(|(path, decision)| PathDecision { path, decision }).collect(),
+            });
+        }
+        Ok(out)
+    }
+}
+
+/// A key's one reading over several paths ([`Detector::detect_paths`]).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct KeyReading {
+    pub key: String,
+    pub fingerprint: String,
+    /// Sample offset of the block grid that was used (on every path).
+    pub offset: usize,
+    /// The candidate the key's reading is: a path ("mix", a stem) or "joint" (all paths' logits
+    /// combined).
+    pub carried_by: &'static str,
+    /// The key's reading, its rate counting every candidate and shift.
+    #[serde(flatten)]
+    pub decision: Decision,
+    /// Every candidate's reading, charged alike.
+    pub candidates: Vec<PathDecision>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PathDecision {
+    pub path: &'static str,
+    #[serde(flatten)]
+    pub decision: Decision,
 }
 
 /// Start samples of the first `limit` audible full blocks of the grid starting at `offset`.
@@ -237,9 +320,12 @@ pub struct Found {
     pub key: String,
     pub fingerprint: String,
     pub payload: u32,
-    /// Where it was read: "mix" and/or separated stem names
+    /// Where it was read: "mix", separated stem names, "joint" (all paths combined)
     pub read_on: Vec<String>,
-    /// Smallest false-positive rate among those readings
+    /// The reading with the smallest false-positive rate: the one that carried the evidence
+    pub carried_by: String,
+    /// Smallest false-positive rate among those readings (each counts every path and shift
+    /// tried for the key)
     pub false_positive_rate: f64,
 }
 
@@ -254,13 +340,17 @@ pub fn summarise<'a>(readings: impl IntoIterator<Item = (&'a str, &'a str, &'a s
         match found.iter_mut().find(|f| f.fingerprint == fingerprint && f.payload == payload) {
             Some(f) => {
                 f.read_on.push(place.to_string());
-                f.false_positive_rate = f.false_positive_rate.min(d.false_positive_rate);
+                if d.false_positive_rate < f.false_positive_rate {
+                    f.false_positive_rate = d.false_positive_rate;
+                    f.carried_by = place.to_string();
+                }
             }
             None => found.push(Found {
                 key: key.to_string(),
                 fingerprint: fingerprint.to_string(),
                 payload,
                 read_on: vec![place.to_string()],
+                carried_by: place.to_string(),
                 false_positive_rate: d.false_positive_rate,
             }),
         }

@@ -100,8 +100,19 @@ fn embed_mix_separate_detect_round_through_the_cli() {
     let code = o.status.code().unwrap();
     assert!(code == 0 || code == 3, "{}", text(&o));
     let r = json(&o);
-    // two keys × (mix + two separated stems)
-    assert_eq!(r["readings"].as_array().unwrap().len(), 6, "{r}");
+    // two keys × (mix + two separated stems + the joint reading of all three), each charged
+    // for the key's four readings (known grid: 1 shift × 4)
+    let readings = r["readings"].as_array().unwrap();
+    assert_eq!(readings.len(), 8, "{r}");
+    let mut paths: Vec<String> = readings.iter().map(|x| x["stem"].as_str().or(x["path"].as_str()).unwrap().to_string()).collect();
+    paths.sort();
+    paths.dedup();
+    assert_eq!(paths, ["background", "foreground", "joint", "mix"], "{r}");
+    for x in readings {
+        let (z, rate) = (x["z"].as_f64().unwrap(), x["false_positive_rate"].as_f64().unwrap());
+        let charged = stemmark_models::code::false_payload_bound(z, 4);
+        assert!((rate - charged).abs() <= 1e-9 * charged.max(1e-300), "{x}: rate {rate}, charged bound {charged}");
+    }
     assert_eq!(r["full_blocks"], 3);
     assert_eq!(r["provider"], "CPU");
 }
@@ -249,6 +260,8 @@ fn calibrate_reads_unmarked_and_other_marked_items_and_leaves_the_manifest_on_dr
     assert_eq!(r["unmarked"]["readings"], 30, "{r}");
     assert_eq!(r["other_marks"]["readings"], 30, "{r}");
     assert_eq!((r["unmarked"]["found"].as_u64(), r["other_marks"]["found"].as_u64()), (Some(0), Some(0)), "{r}");
+    // The key's one reading over the mix and its separated stems: 2 items × 2 kinds × 3 keys.
+    assert_eq!((r["key_readings"]["readings"].as_u64(), r["key_readings"]["found"].as_u64()), (Some(12), Some(0)), "{r}");
     assert!(r["unmarked"]["found_upper_95"].as_f64().unwrap() > 0.0, "{r}");
     assert_eq!(r["unmarked"]["presence"].as_array().unwrap().len(), 3, "{r}");
     assert_eq!(r["calibration"]["target_fpr"].as_f64(), Some(1e-6), "{r}");

@@ -120,7 +120,11 @@ impl DetectApp {
                     .filter(|x| x.path == path)
                     .max_by(|a, b| a.decision.z.total_cmp(&b.decision.z));
                 let Some(x) = best else { continue };
-                ui.label(if path == "mix" { "mix (not separated)" } else { path });
+                ui.label(match path {
+                    "mix" => "mix (not separated)",
+                    stemmark_models::tile::joint::JOINT => "joint (mix + stems)",
+                    stem => stem,
+                });
                 ui.label(&x.key);
                 let (verdict, colour) = match x.decision.verdict {
                     Verdict::Found => ("found", Color32::from_rgb(110, 220, 120)),

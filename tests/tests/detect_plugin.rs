@@ -279,7 +279,7 @@ fn unmarked_audio_at_48k_yields_nothing_found_for_the_whole_render() {
     assert_eq!(det["complete"], json!(true));
     // 20 s: ten 2 s blocks on the grid (the resampler's delay is flushed at the end).
     assert_eq!(det["blocks_analysed"], json!(10));
-    assert_eq!(det["readings"].as_array().unwrap().len(), 3 * KEYS.len(), "mix + 2 stems, every key");
+    assert_eq!(det["readings"].as_array().unwrap().len(), 4 * KEYS.len(), "mix + 2 stems + their joint, every key");
     // Whatever the models (even random weights, whose bias repeats in every block), the key's
     // block masks leave nothing consistent to find.
     assert_eq!(det["found"], json!([]), "found a mark in unmarked audio");

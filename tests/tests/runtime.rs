@@ -235,7 +235,14 @@ fn streaming_detection_on_the_grid_matches_file_detection() {
     s.finish(&mut det, Some(&mut sep)).unwrap();
     assert_eq!(s.blocks_done, 3);
     let readings = s.readings();
-    assert_eq!(readings.len(), 6, "mix + 2 stems, × 2 keys");
+    assert_eq!(readings.len(), 8, "mix + 2 stems + joint, × 2 keys");
+    // Every reading, the joint's too, is charged for the key's four (known grid: 1 shift × 4).
+    for r in &readings {
+        let charged = stemmark_models::code::false_payload_bound(r.decision.z, 4);
+        assert!((r.decision.false_positive_rate - charged).abs() <= 1e-12, "{} {}: {} vs {charged}", r.path, r.key, r.decision.false_positive_rate);
+        assert_eq!(r.blocks.len(), 3, "{} {}", r.path, r.key);
+    }
+    assert_eq!(readings.iter().filter(|r| r.path == "joint").count(), 2);
     let mid: Vec<f32> = (0..x[0].len()).map(|i| 0.5 * (x[0][i] + x[1][i])).collect();
     let file = det.detect(&mid, &keys, Alignment::Fixed(0)).unwrap();
     for (r, f) in readings.iter().filter(|r| r.path == "mix").zip(&file) {

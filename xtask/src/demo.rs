@@ -119,13 +119,22 @@ fn print_table(r: &serde_json::Value) {
         let expected = PAYLOADS.iter().find(|(n, _)| *n == key).map_or("-".into(), |(_, p)| p.to_string());
         println!(
             "{:<12} {:<8} {:<10} {:>9} {:>9} {:>7.2} {:>10}",
-            x["stem"].as_str().unwrap_or("mix"),
+            x["stem"].as_str().or(x["path"].as_str()).unwrap_or("?"),
             key,
             x["verdict"].as_str().unwrap_or("?"),
             x["payload"].as_u64().map_or("-".into(), |p| p.to_string()),
             expected,
             x["z"].as_f64().unwrap_or(f64::NAN),
             rate(x["false_positive_rate"].as_f64().unwrap_or(f64::NAN)),
+        );
+    }
+    for f in r["found"].as_array().into_iter().flatten() {
+        println!(
+            "found payload {} with key {} on {}; carried by the {} reading",
+            f["payload"],
+            f["key"].as_str().unwrap_or("?"),
+            f["read_on"].as_array().into_iter().flatten().filter_map(|p| p.as_str()).collect::<Vec<_>>().join(", "),
+            f["carried_by"].as_str().unwrap_or("?")
         );
     }
 }

@@ -31,6 +31,7 @@ pub mod combine;
 pub mod detect;
 pub mod embed;
 pub mod feature;
+pub mod joint;
 pub mod models;
 pub mod patterns;
 pub mod reference;

@@ -142,9 +142,7 @@ pub fn decide(
     params: &Params,
 ) -> Decision {
     let found = best_shift_features(blocks, patterns, key, grid, params);
-    let (old_shift, _, old_logits) = &found.format1;
-    let old = old_format(old_logits, key, *old_shift, found.t, cal, grid);
-    finish(found.shift, &found.logits, key, cal, grid, old)
+    found.decide(key, cal, grid, 1)
 }
 
 /// What a shift search over block features keeps.
@@ -158,6 +156,16 @@ pub struct ShiftSearch {
     pub format1: (usize, f64, Vec<GridBlock>),
 }
 
+impl ShiftSearch {
+    /// The decision at the kept shift, one of `candidates` readings of this key that are all
+    /// charged to its false-positive rate ([`super::joint`]; 1 for a path read on its own).
+    pub fn decide(&self, key: &Key, cal: &Calibration, grid: GridIndex, candidates: usize) -> Decision {
+        let (old_shift, _, old_logits) = &self.format1;
+        let old = old_format(old_logits, key, *old_shift, self.t, cal, grid);
+        finish(self.shift, &self.logits, key, cal, grid.hypotheses() * candidates.max(1), old)
+    }
+}
+
 /// [`best_shift`] for block features: each shift's logits come from that shift's sums (the
 /// costly part, shared by the payload code's reading and format 1's).
 pub fn best_shift_features(
@@ -167,9 +175,13 @@ pub fn best_shift_features(
     grid: GridIndex,
     params: &Params,
 ) -> ShiftSearch {
+    search((0..grid.hypotheses()).map(|shift| shifted_logits(blocks, patterns, shift, params)), key)
+}
+
+/// The shift search over each shift's logits (`logits_by_shift`: shift 0, 1, …).
+pub fn search(logits_by_shift: impl IntoIterator<Item = Vec<GridBlock>>, key: &Key) -> ShiftSearch {
     let mut best = ShiftSearch { shift: 0, t: f64::NEG_INFINITY, logits: Vec::new(), format1: (0, f64::NEG_INFINITY, Vec::new()) };
-    for shift in 0..grid.hypotheses() {
-        let logits = shifted_logits(blocks, patterns, shift, params);
+    for (shift, logits) in logits_by_shift.into_iter().enumerate() {
         let t = decoded(&logits, key, shift).2;
         let s = repetition::chi_square_at(&logits, key, shift);
         if s > best.format1.1 {
@@ -223,7 +235,7 @@ pub fn decide_logits(blocks: &[GridBlock], key: &Key, cal: &Calibration, grid: G
     let (shift, t) = best_shift(blocks, key, grid);
     let (old_shift, ..) = repetition::best_shift(blocks, key, grid);
     let old = old_format(blocks, key, old_shift, t, cal, grid);
-    finish(shift, blocks, key, cal, grid, old)
+    finish(shift, blocks, key, cal, grid.hypotheses(), old)
 }
 
 /// A reading that names no payload says Uncertain when its [`code::presence_bound`] is at most
@@ -235,18 +247,19 @@ pub const UNCERTAIN_RATE: f64 = 1e-3;
 /// holds and the false-payload bound at its correlation is within the target rate. `z` is that
 /// correlation T (N(0, 1) for any one word without a mark; the decoded word is the best of many,
 /// so unmarked audio scores 5–6 over 15 blocks), divided by the calibration's scale σ (1 in
-/// theory; `stemmark calibrate` fits it to real null readings).
-fn finish(shift: usize, blocks: &[GridBlock], key: &Key, cal: &Calibration, grid: GridIndex, old_format: Option<u32>) -> Decision {
+/// theory; `stemmark calibrate` fits it to real null readings). `hypotheses`: every reading tried
+/// for this key (grid shifts × candidate paths), all charged to the bound.
+fn finish(shift: usize, blocks: &[GridBlock], key: &Key, cal: &Calibration, hypotheses: usize, old_format: Option<u32>) -> Decision {
     let finite: Vec<GridBlock> = blocks.iter().filter(|b| b.logits.iter().all(|x| x.is_finite())).copied().collect();
     let (soft, info, raw) = decoded(&finite, key, shift);
     // The calibration's scale: the measured null's spread beyond N(0, 1), if any.
     let t = raw / cal.null_std.max(1.0);
-    let bound = code::false_payload_bound(t, grid.hypotheses());
+    let bound = code::false_payload_bound(t, hypotheses);
     let decoded = if soft.determined() && old_format.is_none() { payload::decode(info, key) } else { None };
     let verdict = match decoded {
         _ if old_format.is_some() => Verdict::NotFound,
         Some(_) if bound <= cal.target_fpr => Verdict::Found,
-        _ if code::presence_bound(t, grid.hypotheses()) <= UNCERTAIN_RATE => Verdict::Uncertain,
+        _ if code::presence_bound(t, hypotheses) <= UNCERTAIN_RATE => Verdict::Uncertain,
         _ => Verdict::NotFound,
     };
     // Per block: its hard channel bits with the mask off, and how many agree with what the

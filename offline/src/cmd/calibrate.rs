@@ -14,7 +14,10 @@
 //! random keys on the known grid (one hypothesis), or with `--search` the offset and shift search
 //! of `stemmark detect` without `--offset` — is one null reading. Two kinds of audio are read:
 //! the items unmarked, and the same items with both stems marked by two other keys (what a key
-//! ring meets on a master bus); they are reported apart.
+//! ring meets on a master bus); they are reported apart. A third kind is the key's one reading
+//! of `stemmark detect` over the mix and its separated stems ([`stemmark_models::tile::joint`]:
+//! the best of four candidates, each judged by the bound for four times the hypotheses), over
+//! both kinds of audio; the scale fitted is the largest of what either needs.
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
@@ -28,7 +31,8 @@ use stemmark_models::payload::MAX_PAYLOAD;
 use stemmark_models::keys::Key;
 use stemmark_models::manifest::Manifest;
 use stemmark_models::separator::Separator;
-use stemmark_models::spec::SAMPLE_RATE;
+use stemmark_models::spec::{SAMPLE_RATE, STEM_NAMES};
+use stemmark_models::tile::joint;
 
 use super::{ModelOpts, progress};
 use crate::audio::Audio;
@@ -89,6 +93,8 @@ pub fn run(args: Args, opts: &ModelOpts, json: bool) -> Result<()> {
     // (T, a payload named) per reading.
     let mut null: Vec<(f64, bool)> = Vec::new();
     let mut other: Vec<(f64, bool)> = Vec::new();
+    let mut joint: Vec<(f64, bool)> = Vec::new();
+    let joint_hypotheses = hypotheses * joint::candidates(1 + STEM_NAMES.len());
     for item in &items {
         let unmarked = [item.foreground.channels.clone(), item.background.channels.clone()];
         let marked: Vec<Vec<Vec<f32>>> = unmarked
@@ -101,13 +107,22 @@ pub fn run(args: Args, opts: &ModelOpts, json: bool) -> Result<()> {
             })
             .collect::<Result<_, _>>()?;
         for (is_marked, stems) in [(false, unmarked.to_vec()), (true, marked)] {
-            for mid in paths(&mut sep, &stems)? {
-                for r in det.detect(&mid, &keys, align)? {
+            let mids = paths(&mut sep, &stems)?;
+            for mid in &mids {
+                for r in det.detect(mid, &keys, align)? {
                     if r.decision.blocks == 0 {
                         continue;
                     }
                     let reading = (r.decision.z, r.decision.payload.is_some());
                     if is_marked { other.push(reading) } else { null.push(reading) }
+                }
+            }
+            // The mix and its separated stems (the last three), read as `stemmark detect` does.
+            let on_mix: Vec<(&'static str, &[f32])> =
+                std::iter::once("mix").chain(STEM_NAMES).zip(&mids[2..]).map(|(n, m)| (n, m.as_slice())).collect();
+            for r in det.detect_paths(&on_mix, &keys, align)? {
+                if r.decision.blocks > 0 {
+                    joint.push((r.decision.z, r.decision.payload.is_some()));
                 }
             }
         }
@@ -118,7 +133,7 @@ pub fn run(args: Args, opts: &ModelOpts, json: bool) -> Result<()> {
         bail!("fewer than 10 readings: give more items");
     }
     let bound = |k: usize, n: usize| crate::eval::metrics::rate_upper_95(k as u64, n as u64);
-    let summary = |rs: &[(f64, bool)]| {
+    let summary = |rs: &[(f64, bool)], hypotheses: usize| {
         let n = rs.len().max(1) as f64;
         let mean_t = rs.iter().map(|r| r.0).sum::<f64>() / n;
         let max_t = rs.iter().map(|r| r.0).fold(f64::NEG_INFINITY, f64::max);
@@ -129,9 +144,10 @@ pub fn run(args: Args, opts: &ModelOpts, json: bool) -> Result<()> {
         let found = rs.iter().filter(|r| r.1).count();
         Summary { readings: rs.len(), mean_t, max_t, presence_levels: code::NULL_LEVELS.to_vec(), presence, found, found_upper_95: bound(found, rs.len()) }
     };
-    let (unmarked, others) = (summary(&null), summary(&other));
+    let (unmarked, others, keys_read) = (summary(&null, hypotheses), summary(&other, hypotheses), summary(&joint, joint_hypotheses));
     let pooled: Vec<f64> = null.iter().chain(&other).map(|r| r.0).collect();
-    let scale = code::fit_null_scale(&pooled, hypotheses);
+    let joint_t: Vec<f64> = joint.iter().map(|r| r.0).collect();
+    let scale = code::fit_null_scale(&pooled, hypotheses).max(code::fit_null_scale(&joint_t, joint_hypotheses));
     let cal = Calibration { null_std: scale, target_fpr: args.target_fpr, ..Calibration::default() };
     // On the raw T: the threshold for the rate, times the scale.
     let threshold = code::threshold(args.target_fpr, hypotheses) * scale;
@@ -140,14 +156,18 @@ pub fn run(args: Args, opts: &ModelOpts, json: bool) -> Result<()> {
         println!(
             "{}",
             serde_json::json!({"readings": readings, "calibration": cal, "threshold": threshold,
-                "unmarked": unmarked, "other_marks": others})
+                "unmarked": unmarked, "other_marks": others, "key_readings": keys_read})
         );
     } else {
         println!(
             "{readings} null readings ({hypotheses} grid shift(s) each); fitted scale σ {scale:.3}; a payload needs T ≥ {threshold:.2} (raw) for {:.0e} per key and stem",
             args.target_fpr,
         );
-        for (what, s) in [("unmarked audio", &unmarked), ("marked audio, keys that did not mark it", &others)] {
+        for (what, s) in [
+            ("unmarked audio", &unmarked),
+            ("marked audio, keys that did not mark it", &others),
+            ("the key's one reading over the mix and its separated stems (both kinds)", &keys_read),
+        ] {
             let levels: Vec<String> = s
                 .presence_levels
                 .iter()
@@ -160,7 +180,7 @@ pub fn run(args: Args, opts: &ModelOpts, json: bool) -> Result<()> {
             );
         }
     }
-    let named = unmarked.found + others.found;
+    let named = unmarked.found + others.found + keys_read.found;
     if named > 0 {
         bail!("{named} null readings named a payload: these models' logits are not N(0, 1) without a mark, and the decision's bound does not hold for them; the manifest is left as it is");
     }

@@ -1,5 +1,6 @@
-//! `stemmark detect`: reads every key's mark from a file, on two paths — the file itself and each
-//! stem the separator pulls out of it — and reports which stem carries which payload.
+//! `stemmark detect`: reads every key's mark from a file, on the file itself and on each stem the
+//! separator pulls out of it, and on all of them combined (the joint reading); reports which
+//! stem carries which payload. Every rate counts all the readings tried for the key.
 
 use std::path::PathBuf;
 
@@ -9,6 +10,7 @@ use stemmark_models::decision::Verdict;
 use stemmark_models::detector::{Alignment, Detector, Found, KeyReport};
 use stemmark_models::separator::Separator;
 use stemmark_models::spec::{BLOCK, SAMPLE_RATE, STEM_NAMES};
+use stemmark_models::tile::joint::JOINT;
 
 use super::{KeyOpts, ModelOpts, load_for_models, progress, tick};
 use crate::audio::Audio;
@@ -33,7 +35,8 @@ pub struct Args {
 
 #[derive(Debug, Serialize)]
 pub struct Reading {
-    /// "mix" (the file as given) or "separated"
+    /// "mix" (the file as given), "separated" or "joint" (the mix and the separated stems
+    /// combined)
     pub path: &'static str,
     /// Separated stem name, for the separated path
     pub stem: Option<&'static str>,
@@ -94,20 +97,24 @@ pub fn analyse(
     } else if audio.peak() == 0.0 {
         note = Some("the audio is digital silence".into());
     } else {
-        stage("detect");
-        for report in det.detect(&audio.mid(), keys, align)? {
-            readings.push(Reading { path: "mix", stem: None, report });
-        }
+        let mut mids = vec![("mix", audio.mid())];
         if separate {
             let mut sep = Separator::open(dir, provider)?;
             stage("separate");
             let stems = sep.separate(&audio.channels, separated)?;
-            stage("detect");
-            for (name, stem) in STEM_NAMES.iter().zip(stems) {
-                let mid = Audio::new(SAMPLE_RATE, stem).mid();
-                for report in det.detect(&mid, keys, align)? {
-                    readings.push(Reading { path: "separated", stem: Some(name), report });
-                }
+            mids.extend(STEM_NAMES.iter().zip(stems).map(|(name, stem)| (*name, Audio::new(SAMPLE_RATE, stem).mid())));
+        }
+        stage("detect");
+        let paths: Vec<(&'static str, &[f32])> = mids.iter().map(|(n, m)| (*n, m.as_slice())).collect();
+        for k in det.detect_paths(&paths, keys, align)? {
+            for c in k.candidates {
+                let (path, stem) = match c.path {
+                    "mix" => ("mix", None),
+                    JOINT => (JOINT, None),
+                    name => ("separated", Some(name)),
+                };
+                let report = KeyReport { key: k.key.clone(), fingerprint: k.fingerprint.clone(), offset: k.offset, decision: c.decision };
+                readings.push(Reading { path, stem, report });
             }
         }
     }
@@ -125,7 +132,7 @@ pub fn analyse(
 
 fn summarise(readings: &[Reading]) -> Vec<Found> {
     stemmark_models::detector::summarise(
-        readings.iter().map(|r| (r.stem.unwrap_or("mix"), r.report.key.as_str(), r.report.fingerprint.as_str(), &r.report.decision)),
+        readings.iter().map(|r| (r.stem.unwrap_or(r.path), r.report.key.as_str(), r.report.fingerprint.as_str(), &r.report.decision)),
     )
 }
 
@@ -137,7 +144,7 @@ fn print_table(r: &Report) {
             let d = &x.report.decision;
             println!(
                 "{:<12} {:<16} {:<10} {:>9} {:>7.2} {:>10} {:>7}",
-                x.stem.unwrap_or("mix"),
+                x.stem.unwrap_or(x.path),
                 x.report.key,
                 match d.verdict {
                     Verdict::Found => "found",
@@ -155,7 +162,7 @@ fn print_table(r: &Report) {
         println!(
             "OLD FORMAT: key {:?} on {} reads a mark of payload format 1 (payload {}), written by a Stemmark build before the payload code; mark the stem again with this version",
             x.report.key,
-            x.stem.unwrap_or("mix"),
+            x.stem.unwrap_or(x.path),
             x.report.decision.old_format_payload.unwrap_or_default()
         );
     }
@@ -164,11 +171,12 @@ fn print_table(r: &Report) {
     }
     for f in &r.found {
         println!(
-            "FOUND payload {} with key {:?} ({}) on {} (false-positive rate {})",
+            "FOUND payload {} with key {:?} ({}) on {}; carried by the {} reading (false-positive rate {}, every reading of the key counted)",
             f.payload,
             f.key,
             f.fingerprint,
             f.read_on.join(", "),
+            f.carried_by,
             if f.false_positive_rate < 1e-300 { rate(f.false_positive_rate) } else { format!("≤ {}", rate(f.false_positive_rate)) }
         );
     }

@@ -30,7 +30,7 @@ use stemmark_models::keys::Key;
 use stemmark_models::payload::{self, MAX_PAYLOAD};
 use stemmark_models::runtime::Provider;
 use stemmark_models::separator::Separator;
-use stemmark_models::spec::{BLOCK, MESSAGE_BITS, SAMPLE_RATE, STEM_LUFS};
+use stemmark_models::spec::{BLOCK, MESSAGE_BITS, SAMPLE_RATE, STEM_LUFS, STEM_NAMES};
 
 use crate::audio::{self, Audio};
 use items::Item;
@@ -395,6 +395,7 @@ fn evaluate_item(
     let _ = attack_rng;
     let origin = table.entry("Origin".to_string()).or_default();
     let mix_mid = crate::audio::Audio::new(SAMPLE_RATE, mix.clone()).mid();
+    let separated_mids: Vec<Vec<f32>> = separated.iter().map(|x| Audio::new(SAMPLE_RATE, x.clone()).mid()).collect();
     for s in 0..2 {
         let word = words[s];
         let est = Audio::new(SAMPLE_RATE, separated[s].clone());
@@ -415,8 +416,9 @@ fn evaluate_item(
         per_scenario.ber_mix[s].merge(bits[2]);
         // Table 1's "Origin" is the separated reading, counted per scenario.
         origin[s].merge(bits[1]);
-        // Payload over the whole item: from the stem alone, the separated stem, the mix, and
-        // separated-or-mix (what Stemmark Detect and `stemmark detect` report).
+        // Payload over the whole item: from the stem alone, the separated stem, the mix, and the
+        // key's one reading over the mix and both separated stems (what Stemmark Detect and
+        // `stemmark detect` report).
         let mut read = |audio: &[f32], place: &str| -> Result<(Option<u32>, f64)> {
             let d = det.detect(audio, std::slice::from_ref(&keys[s]), Alignment::Fixed(0))?.remove(0).decision;
             if let Some(p) = d.payload.filter(|&p| p != payloads[s]) {
@@ -435,12 +437,22 @@ fn evaluate_item(
         r.payload_alone[s].tally(payloads[s], &[on_alone]);
         r.payload[s].tally(payloads[s], &[on_sep]);
         r.payload_mix[s].tally(payloads[s], &[on_mix]);
-        r.payload_detect[s].tally(payloads[s], &[on_sep, on_mix]);
+        let paths: Vec<(&'static str, &[f32])> =
+            std::iter::once(("mix", mix_mid.as_slice())).chain(STEM_NAMES.iter().zip(&separated_mids).map(|(n, m)| (*n, m.as_slice()))).collect();
+        let one = det.detect_paths(&paths, std::slice::from_ref(&keys[s]), Alignment::Fixed(0))?.remove(0);
+        if let Some(p) = one.decision.payload.filter(|&p| p != payloads[s]) {
+            tracing::warn!("wrong payload: item {} stem {s}, the key's reading (carried by {}): read {p}, embedded {}", item.name, one.carried_by, payloads[s]);
+        }
+        let on_detect = one.decision.payload;
+        r.payload_detect[s].tally(payloads[s], &[on_detect]);
         let per_scenario = r.scenarios.entry(item.scenario.clone()).or_default();
+        if on_detect == Some(payloads[s]) {
+            *per_scenario.carried_by[s].entry(one.carried_by.to_string()).or_default() += 1;
+        }
         per_scenario.payload_alone[s].tally(payloads[s], &[on_alone]);
         per_scenario.payload_mix[s].tally(payloads[s], &[on_mix]);
         per_scenario.payload_separated[s].tally(payloads[s], &[on_sep]);
-        per_scenario.payload_detect[s].tally(payloads[s], &[on_sep, on_mix]);
+        per_scenario.payload_detect[s].tally(payloads[s], &[on_detect]);
         // A wrong key: its bits, unscrambled with the wrong key, against the true frame.
         let wrong = Key::from_bytes(rng.random(), "wrong");
         let frame = payload::frame(payloads[s])?;

@@ -62,12 +62,15 @@ pub struct ScenarioReport {
     pub snr: [Vec<f64>; 2],
     pub ber_alone: [BitCount; 2],
     pub ber_mix: [BitCount; 2],
-    /// Payload per item from the stem alone, the mix, the separated stem, and either of the last
-    /// two (what Stemmark Detect reports).
+    /// Payload per item from the stem alone, the mix, the separated stem, and the key's one
+    /// reading over the mix and both separated stems (what Stemmark Detect reports).
     pub payload_alone: [PayloadCount; 2],
     pub payload_mix: [PayloadCount; 2],
     pub payload_separated: [PayloadCount; 2],
     pub payload_detect: [PayloadCount; 2],
+    /// Of the key's readings that gave the right payload: which candidate carried it ("mix", a
+    /// separated stem, "joint").
+    pub carried_by: [std::collections::BTreeMap<String, u64>; 2],
     /// Payload per item read from the codec-attacked mix, per codec.
     pub payload_codec: std::collections::BTreeMap<String, [PayloadCount; 2]>,
     /// Payload per item after the external separator (when it ran).
@@ -103,8 +106,8 @@ pub struct SetReport {
     pub payload: [PayloadCount; 2],
     /// Payload read from the mix itself with the stem's key.
     pub payload_mix: [PayloadCount; 2],
-    /// What Stemmark Detect reports: the payload found on the mix or on a separated stem
-    /// (wrong if either reading gave a wrong one).
+    /// What Stemmark Detect reports: the key's one reading over the mix and both separated
+    /// stems, its rate counting each path and the joint.
     pub payload_detect: [PayloadCount; 2],
     pub false_positives: FalsePositives,
     /// WAKE: foreground stems marked twice, one key after the other; [first key, second key].
@@ -227,7 +230,7 @@ impl Report {
         let codecs: std::collections::BTreeSet<&String> =
             self.sets.iter().flat_map(|r| r.scenarios.values().flat_map(|c| c.payload_codec.keys())).collect();
         let external = self.sets.iter().any(|r| r.scenarios.values().any(|c| c.payload_external[0].items > 0));
-        let mut s = "## Per scenario: payloads per item\n\nCorrect / items (wrong payloads). BER per block, on the blocks where the stem has content (audible alone); SNR mean of the marked stems. Codec columns read the payload from the coded mix itself.\n\n| models | scenario | stem | SNR dB | BER alone % | BER on the mix % | stem alone | on the mix | after separation | Stemmark Detect |".to_string();
+        let mut s = "## Per scenario: payloads per item\n\nCorrect / items (wrong payloads). BER per block, on the blocks where the stem has content (audible alone); SNR mean of the marked stems. Codec columns read the payload from the coded mix itself. Stemmark Detect: the key's one reading over the mix, both separated stems and their joint, each charged for all four; in brackets which of them carried the right payloads.\n\n| models | scenario | stem | SNR dB | BER alone % | BER on the mix % | stem alone | on the mix | after separation | Stemmark Detect |".to_string();
         for c in &codecs {
             s += &format!(" {c} mix |");
         }
@@ -252,6 +255,11 @@ impl Report {
                         count(c.payload_separated[i]),
                         count(c.payload_detect[i]),
                     );
+                    let carriers: Vec<String> = c.carried_by[i].iter().map(|(k, n)| format!("{k} {n}")).collect();
+                    if !carriers.is_empty() {
+                        s.truncate(s.trim_end_matches(['|', ' ']).len());
+                        s += &format!(" ({}) |", carriers.join(", "));
+                    }
                     for codec in &codecs {
                         s += &match c.payload_codec.get(*codec) {
                             Some(p) => format!(" {} |", count(p[i])),
@@ -344,7 +352,7 @@ impl Report {
                 s += &format!("| {} | {stem} | {:.2} | {:.2} |\n", r.models.display(), mean(&r.separation[i].sdr), mean(&r.separation[i].si_sdr));
             }
         }
-        s += "\n## Payloads and keys\n\nPayload correct / items (wrong payloads), per item, read after separation, on the mix, and as Stemmark Detect reports it (either).\n\n| models | stem | after separation | on the mix | Stemmark Detect | BER wrong key % | false positives (95 % bound) |\n|---|---|---:|---:|---:|---:|---:|\n";
+        s += "\n## Payloads and keys\n\nPayload correct / items (wrong payloads), per item, read after separation, on the mix, and as Stemmark Detect reports it (the key's one reading over the mix, both separated stems and their joint).\n\n| models | stem | after separation | on the mix | Stemmark Detect | BER wrong key % | false positives (95 % bound) |\n|---|---|---:|---:|---:|---:|---:|\n";
         let count = |p: PayloadCount| format!("{}/{} ({})", p.correct, p.items, p.wrong);
         for r in &self.sets {
             let fp = r.false_positives;
@@ -402,10 +410,11 @@ mod tests {
             p[0].tally(5, &[None]);
         }
         c.payload_codec.insert("MP3 128 kbit/s".into(), [PayloadCount { items: 2, correct: 1, wrong: 0 }, PayloadCount::default()]);
+        c.carried_by[0].insert("joint".into(), 1);
         r.scenarios.insert("speech+music".into(), c);
         let md = Report { data: "d".into(), seed: 0, items: 2, sets: vec![r], notes: vec![] }.markdown();
         assert!(md.contains("| MP3 128 kbit/s mix |") && !md.contains("Spleeter |"), "{md}");
-        assert!(md.contains("| set | speech+music | foreground | 29.0 | – | – | 1/2 (0) | 1/2 (0) | 1/2 (0) | 1/2 (0) | 1/2 (0) |"), "{md}");
+        assert!(md.contains("| set | speech+music | foreground | 29.0 | – | – | 1/2 (0) | 1/2 (0) | 1/2 (0) | 1/2 (0) (joint 1) | 1/2 (0) |"), "{md}");
     }
 
     #[test]
