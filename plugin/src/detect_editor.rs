@@ -73,6 +73,7 @@ impl DetectApp {
     }
 
     fn found_panel(ui: &mut egui::Ui, r: &Results) {
+        Self::old_format_notes(ui, r);
         if r.found.is_empty() {
             let (text, colour) = if r.blocks_analysed == 0 {
                 ("waiting for audio (one 2 s block plus 1 s of context)", Color32::GRAY)
@@ -93,10 +94,36 @@ impl DetectApp {
                 .size(18.0)
                 .color(Color32::from_rgb(110, 220, 120)),
             );
+            // A strong mark's rate underflows to 0 in f64, which must not read as "impossible".
+            let rate = if f.false_positive_rate < 1e-300 {
+                "< 1e-300".to_string()
+            } else {
+                format!("≤ {:.1e}", f.false_positive_rate)
+            };
             ui.label(format!(
-                "fingerprint {}  ·  false-positive rate ≤ {:.1e}",
-                f.fingerprint, f.false_positive_rate
+                "fingerprint {}  ·  carried by the {} reading  ·  false-positive rate {rate}",
+                f.fingerprint, f.carried_by
             ));
+        }
+    }
+
+    /// A mark written by a build before the payload code (payload format 1) is named, never
+    /// read as a payload: say so once per key and payload, with what to do.
+    fn old_format_notes(ui: &mut egui::Ui, r: &Results) {
+        let mut seen: Vec<(&str, u32)> = Vec::new();
+        for x in &r.readings {
+            if let Some(p) = x.decision.old_format_payload
+                && !seen.contains(&(x.key.as_str(), p))
+            {
+                seen.push((x.key.as_str(), p));
+                ui.colored_label(
+                    Color32::from_rgb(230, 180, 80),
+                    format!(
+                        "key \"{}\" reads an old-format mark (payload {p}, payload format 1) on the {}: written by a Stemmark build before the payload code; mark the stem again",
+                        x.key, x.path
+                    ),
+                );
+            }
         }
     }
 
