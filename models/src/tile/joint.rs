@@ -146,22 +146,31 @@ pub fn decide(
     grid: GridIndex,
     params: &Params,
 ) -> KeyDecision {
-    // [shift][path]: each path's logits at each shift (the costly part, computed once).
-    let by_shift: Vec<Vec<Vec<GridBlock>>> = (0..grid.hypotheses())
-        .map(|shift| {
-            paths
-                .iter()
-                .map(|(_, blocks)| window::shifted_logits(blocks, patterns, shift, params))
+    let names: Vec<&'static str> = paths.iter().map(|(name, _)| *name).collect();
+    // [path][shift]: each path's logits at each shift (the costly part, computed once).
+    let by_path: Vec<Vec<Vec<GridBlock>>> = paths
+        .iter()
+        .map(|(_, blocks)| {
+            (0..grid.hypotheses())
+                .map(|shift| window::shifted_logits(blocks, patterns, shift, params))
                 .collect()
         })
         .collect();
-    decide_by_shift(
-        &paths.iter().map(|(name, _)| *name).collect::<Vec<_>>(),
-        by_shift,
-        key,
-        cal,
-        grid,
-    )
+    let joint: Option<Vec<Vec<GridBlock>>> = (paths.len() >= 2).then(|| {
+        (0..grid.hypotheses())
+            .map(|shift| {
+                let at_shift: Vec<&[GridBlock]> =
+                    by_path.iter().map(|p| p[shift].as_slice()).collect();
+                joint_logits(&slots_by_index(&at_shift))
+            })
+            .collect()
+    });
+    let searches: Vec<ShiftSearch> = by_path
+        .into_iter()
+        .chain(joint)
+        .map(|by_shift| window::search(by_shift, key))
+        .collect();
+    conclude(&names, &searches, key, cal, grid)
 }
 
 /// [`decide`] for logits that do not depend on the grid shift (Stemmark Detect's running reading
@@ -182,42 +191,13 @@ pub fn decide_logits(
             &paths.iter().map(|(_, b)| *b).collect::<Vec<_>>(),
         )),
     });
-    let candidates: Vec<Vec<GridBlock>> =
-        paths.iter().map(|(_, b)| b.to_vec()).chain(joint).collect();
-    let searches: Vec<ShiftSearch> = candidates
+    let searches: Vec<ShiftSearch> = paths
         .iter()
-        .map(|logits| window::search(std::iter::repeat_n(logits.clone(), grid.hypotheses()), key))
+        .map(|(_, b)| b.to_vec())
+        .chain(joint)
+        .map(|logits| window::search(std::iter::repeat_n(logits, grid.hypotheses()), key))
         .collect();
     conclude(&names, &searches, key, cal, grid)
-}
-
-fn decide_by_shift(
-    names: &[&'static str],
-    by_shift: Vec<Vec<Vec<GridBlock>>>,
-    key: &Key,
-    cal: &Calibration,
-    grid: GridIndex,
-) -> KeyDecision {
-    let joint: Vec<Option<Vec<GridBlock>>> = by_shift
-        .iter()
-        .map(|paths| {
-            (paths.len() >= 2).then(|| {
-                joint_logits(&slots_by_index(
-                    &paths.iter().map(Vec::as_slice).collect::<Vec<_>>(),
-                ))
-            })
-        })
-        .collect();
-    let mut searches: Vec<ShiftSearch> = (0..names.len())
-        .map(|p| window::search(by_shift.iter().map(|paths| paths[p].clone()), key))
-        .collect();
-    if names.len() >= 2 {
-        searches.push(window::search(
-            joint.into_iter().map(|j| j.expect("two paths or more")),
-            key,
-        ));
-    }
-    conclude(names, &searches, key, cal, grid)
 }
 
 /// Every candidate's decision, charged to all of them, and the key's: the Found candidate with
