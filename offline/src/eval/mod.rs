@@ -244,6 +244,8 @@ struct Pending {
     keys: Vec<Key>,
     payloads: Vec<u32>,
     quality_pairs: [(Vec<f32>, Vec<f32>); 2],
+    /// The unmarked stems' mid channels, for the external separator's SDR.
+    original_mids: [Vec<f32>; 2],
     /// Per stem, the blocks with content (see [`content_blocks`]).
     content: [Vec<bool>; 2],
 }
@@ -266,6 +268,7 @@ pub fn evaluate_set(dir: &Path, setup: &Setup) -> Result<SetReport> {
         // Keep only what a later step reads (a 20 s item holds ~20 MB of these).
         if setup.external.is_none() {
             p.mix = Vec::new();
+            p.original_mids = Default::default();
         }
         if setup.visqol.is_none() {
             p.quality_pairs = Default::default();
@@ -312,6 +315,8 @@ fn external_separator(python: &Path, det: &mut Detector, pending: &[Pending], r:
         let counts = r.ber_external.entry(p.scenario.clone()).or_default();
         for s in 0..2 {
             let mid = Audio::new(SAMPLE_RATE, stems[s].clone()).mid();
+            let sdr = metrics::sdr(&p.original_mids[s], &mid);
+            r.scenarios.entry(p.scenario.clone()).or_default().sdr_external[s].push(sdr);
             let word = payload::encode(p.payloads[s], &p.keys[s])?;
             counts[s].merge(block_errors(det, &mid, &p.keys[s], word, &p.content[s])?);
             let d = det.detect(&mid, std::slice::from_ref(&p.keys[s]), Alignment::Fixed(0))?.remove(0).decision;
@@ -401,7 +406,9 @@ fn evaluate_item(
         let est = Audio::new(SAMPLE_RATE, separated[s].clone());
         let orig_mid = originals[s].mid();
         let est_mid = est.mid();
-        r.separation[s].sdr.push(metrics::sdr(&orig_mid[..len], &est_mid));
+        let sdr = metrics::sdr(&orig_mid[..len], &est_mid);
+        r.separation[s].sdr.push(sdr);
+        r.scenarios.entry(item.scenario.clone()).or_default().sdr[s].push(sdr);
         r.separation[s].si_sdr.push(metrics::si_sdr(&orig_mid[..len], &est_mid));
         let alone_mid = marked[s].mid();
         let mut bits = [BitCount::default(); 3];
@@ -468,7 +475,8 @@ fn evaluate_item(
     r.scenarios.entry(item.scenario.clone()).or_default().items += 1;
     double_mark(emb, det, &item.foreground, rng, r)?;
     r.blocks += (len / BLOCK) as u64;
-    Ok(Pending { scenario: item.scenario.clone(), mix, keys, payloads, quality_pairs, content })
+    let original_mids = [0, 1].map(|s| originals[s].mid()[..len].to_vec());
+    Ok(Pending { scenario: item.scenario.clone(), mix, keys, payloads, quality_pairs, original_mids, content })
 }
 
 /// Per grid block of a stem (grid from its first sample): whether it has content. A block where

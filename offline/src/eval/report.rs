@@ -75,6 +75,10 @@ pub struct ScenarioReport {
     pub payload_codec: std::collections::BTreeMap<String, [PayloadCount; 2]>,
     /// Payload per item after the external separator (when it ran).
     pub payload_external: [PayloadCount; 2],
+    /// SDR (dB) per item of our separator's stems against the original stems, and of the
+    /// external separator's (when it ran).
+    pub sdr: [Vec<f64>; 2],
+    pub sdr_external: [Vec<f64>; 2],
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -346,10 +350,22 @@ impl Report {
                 );
             }
         }
-        s += "\n## Separator on the original stems\n\n| models | stem | SDR dB | SI-SDR dB |\n|---|---|---:|---:|\n";
+        s += "\n## Separator on the original stems\n\nMean over items of the SDR of each separated stem (mid) against the unmarked original, separated from the marked mix. The models' separator per scenario, then all items with SI-SDR; the external separator (when it ran) on the same mixes.\n\n| models | separator | scenario | foreground SDR dB | background SDR dB |\n|---|---|---|---:|---:|\n";
+        for r in &self.sets {
+            for (which, external) in [("the models'", false), ("external (Spleeter 2-stem)", true)] {
+                for (scenario, sc) in &r.scenarios {
+                    let v = if external { &sc.sdr_external } else { &sc.sdr };
+                    if v[0].is_empty() {
+                        continue;
+                    }
+                    s += &format!("| {} | {which} | {scenario} | {:.2} | {:.2} |\n", r.models.display(), mean(&v[0]), mean(&v[1]));
+                }
+            }
+        }
+        s += "\n| models | stem | SDR dB | SI-SDR dB |\n|---|---|---:|---:|\n";
         for r in &self.sets {
             for (i, stem) in STEMS.iter().enumerate() {
-                s += &format!("| {} | {stem} | {:.2} | {:.2} |\n", r.models.display(), mean(&r.separation[i].sdr), mean(&r.separation[i].si_sdr));
+                s += &format!("| {} | {stem} (all items) | {:.2} | {:.2} |\n", r.models.display(), mean(&r.separation[i].sdr), mean(&r.separation[i].si_sdr));
             }
         }
         s += "\n## Payloads and keys\n\nPayload correct / items (wrong payloads), per item, read after separation, on the mix, and as Stemmark Detect reports it (the key's one reading over the mix, both separated stems and their joint).\n\n| models | stem | after separation | on the mix | Stemmark Detect | BER wrong key % | false positives (95 % bound) |\n|---|---|---:|---:|---:|---:|---:|\n";

@@ -121,6 +121,17 @@ impl TensorData {
         })
     }
 
+    /// `data` rounded to IEEE half precision (to nearest, ties to even).
+    pub fn f16(data: &[f32], shape: &[usize]) -> Result<TensorData> {
+        check_shape(data.len(), shape)?;
+        let raw = data.iter().flat_map(|&v| f32_to_f16(v).to_le_bytes()).collect();
+        Ok(TensorData {
+            dims: shape.to_vec(),
+            elem: DataType::Float16,
+            raw,
+        })
+    }
+
     pub fn i64(data: &[i64], shape: &[usize]) -> Result<TensorData> {
         check_shape(data.len(), shape)?;
         let raw = data.iter().flat_map(|v| v.to_le_bytes()).collect();
@@ -168,6 +179,40 @@ impl TensorData {
             raw_data: self.raw.clone(),
         })
     }
+}
+
+/// The IEEE half nearest to `v` (ties to even); overflow gives ±∞, NaN stays NaN.
+pub fn f32_to_f16(v: f32) -> u16 {
+    let bits = v.to_bits();
+    let sign = ((bits >> 16) & 0x8000) as u16;
+    let exp = ((bits >> 23) & 0xff) as i32;
+    let man = bits & 0x7f_ffff;
+    if exp == 0xff {
+        return sign | 0x7c00 | if man != 0 { 0x200 } else { 0 };
+    }
+    // Unbiased exponent, rebased for half (bias 15).
+    let e = exp - 127 + 15;
+    if e >= 0x1f {
+        return sign | 0x7c00;
+    }
+    // The 24-bit significand with its implicit one (zero for f32 subnormals, which round to 0).
+    let sig = if exp == 0 { 0 } else { man | 0x80_0000 };
+    // Bits to drop: 13 for a normal half, more when the result is subnormal.
+    let shift = if e >= 1 { 13 } else { 14 - e } as u32;
+    if shift > 24 {
+        return sign;
+    }
+    let kept = sig >> shift;
+    let rest = sig & ((1 << shift) - 1);
+    let half = 1 << (shift - 1);
+    let round = (rest > half || (rest == half && kept & 1 == 1)) as u32;
+    let value = if e >= 1 {
+        // Normal: drop the implicit bit, add the exponent; a carry from rounding bumps it correctly.
+        (((e as u32) << 10) | (kept & 0x3ff)) + round
+    } else {
+        kept + round
+    };
+    sign | value as u16
 }
 
 /// A typed node attribute.
@@ -870,6 +915,66 @@ impl Model {
 mod tests {
     use super::*;
     use crate::onnx::reader::{self, AttrVal};
+
+    fn f16_value(h: u16) -> f64 {
+        let sign = if h & 0x8000 != 0 { -1.0 } else { 1.0 };
+        let exp = ((h >> 10) & 0x1f) as i32;
+        let frac = (h & 0x3ff) as f64;
+        sign * match exp {
+            0 => frac * 2f64.powi(-24),
+            31 if frac == 0.0 => f64::INFINITY,
+            31 => f64::NAN,
+            e => (1.0 + frac / 1024.0) * 2f64.powi(e - 15),
+        }
+    }
+
+    /// Against the nearest of all 63 488 finite halves (ties to the even one), for values across
+    /// the normal and subnormal ranges, their rounding boundaries, overflow and specials.
+    #[test]
+    fn f16_rounds_to_nearest_even() {
+        let mut halves: Vec<(f64, u16)> =
+            (0..=u16::MAX).filter(|&h| (h >> 10) & 0x1f != 31).map(|h| (f16_value(h), h)).collect();
+        halves.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let nearest = |v: f32| -> u16 {
+            let v = v as f64;
+            let i = halves.partition_point(|&(x, _)| x < v);
+            let mut best = halves[i.min(halves.len() - 1)];
+            for &(x, h) in &halves[i.saturating_sub(2)..(i + 2).min(halves.len())] {
+                let (d, bd) = ((x - v).abs(), (best.0 - v).abs());
+                if d < bd || (d == bd && (h & 1 == 0) && (best.1 & 1 == 1)) {
+                    best = (x, h);
+                }
+            }
+            best.1
+        };
+        let mut values = vec![0.0f32, 1.0, -2.0, 1.0 / 3.0, 65504.0, 6.1e-5, 5.96e-8, 2.98e-8, 1e-9];
+        let mut state = 0x9e37_79b9_u32;
+        for _ in 0..20_000 {
+            state ^= state << 13;
+            state ^= state >> 17;
+            state ^= state << 5;
+            let mant = (state & 0x7f_ffff) | 0x3f80_0000;
+            let scale = 2f32.powi((state >> 23 & 63) as i32 - 30);
+            values.push(f32::from_bits(mant) * scale * if state >> 31 == 1 { -1.0 } else { 1.0 });
+        }
+        // Exact midpoints between neighbouring halves.
+        for h in [0x3c00u16, 0x3c01, 0x0001, 0x0002, 0x03ff, 0x7bfe] {
+            values.push(((f16_value(h) + f16_value(h + 1)) / 2.0) as f32);
+        }
+        for v in values {
+            let got = f32_to_f16(v);
+            let want = if (v as f64).abs() >= 65520.0 { (if v < 0.0 { 0x8000 } else { 0 }) | 0x7c00 } else { nearest(v) };
+            // ±0 are both nearest to a zero: compare values there.
+            if f16_value(want) == 0.0 {
+                assert_eq!(f16_value(got), 0.0, "{v:e}");
+            } else {
+                assert_eq!(got, want, "{v:e}: {:e} vs {:e}", f16_value(got), f16_value(want));
+            }
+        }
+        assert_eq!(f32_to_f16(f32::INFINITY), 0x7c00);
+        assert_eq!(f32_to_f16(f32::NEG_INFINITY), 0xfc00);
+        assert!(f16_value(f32_to_f16(f32::NAN)).is_nan());
+    }
 
     fn decode(m: &Model) -> reader::Model {
         reader::model(&m.to_bytes()).unwrap()

@@ -4,6 +4,7 @@
 //! - [`proto`]: a hand-written protobuf wire encoder for the subset of `onnx.proto` we emit.
 //! - [`graph`]: [`GraphBuilder`], the ergonomic builder the training export uses for the real
 //!   networks, and [`Model`], which serialises (`to_bytes`) and saves atomically (`save`).
+//! - [`spleeter`]: `separator.onnx` from Spleeter's pretrained vocals U-Net.
 //! - [`testmodels`]: *plumbing* models with random weights that follow the exact runtime
 //!   contracts, so the runtime can be tested before trained models exist.
 //!
@@ -14,6 +15,7 @@
 
 pub mod graph;
 pub mod proto;
+pub mod spleeter;
 pub mod testmodels;
 pub mod tile;
 

@@ -108,6 +108,8 @@ pub enum DataType {
     Int32,
     Int64,
     Bool,
+    /// IEEE half precision: large initialisers stored at half the size (the graph casts them).
+    Float16,
 }
 
 impl DataType {
@@ -117,6 +119,7 @@ impl DataType {
             DataType::Int32 => 6,
             DataType::Int64 => 7,
             DataType::Bool => 9,
+            DataType::Float16 => 10,
         }
     }
 
@@ -126,6 +129,7 @@ impl DataType {
             DataType::Float | DataType::Int32 => 4,
             DataType::Int64 => 8,
             DataType::Bool => 1,
+            DataType::Float16 => 2,
         }
     }
 }
