@@ -226,11 +226,16 @@ fn eval_quick_runs_end_to_end_on_a_folder_of_items() {
     assert_eq!(per["items"], 2, "{set}");
     assert_eq!(per["payload_mix"][0]["items"], 2);
     assert_eq!(per["snr"][1].as_array().unwrap().len(), 2);
+    assert_eq!(per["sdr"][0].as_array().unwrap().len(), 2, "separator SDR per scenario and item");
+    // Re-use: each item's separated foreground in the other item's background, read once each.
+    assert_eq!(per["payload_reuse"]["items"], 2, "{per}");
+    assert_eq!(per["payload_reuse"]["wrong"], 0, "{per}");
     assert_eq!(set["double_mark_ber"][0]["bits"], 4 * 32);
     let md = std::fs::read_to_string(out.join("report.md")).unwrap();
     assert!(md.contains("## BER (%) per stem") && md.contains("## Two marks on one stem"), "{md}");
     assert!(md.contains("## Per scenario: payloads per item") && md.contains("| items | foreground |"), "{md}");
     assert!(md.contains("| Origin |"), "Table 1 has at least its no-attack column: {md}");
+    assert!(md.contains("## Re-use: a separated marked foreground in another song"), "{md}");
     // ViSQOL and the plots need Python packages from PyPI: measured, or skipped with a note.
     let notes = r["notes"].to_string();
     let visqol = set["quality"][0]["visqol"].as_array().unwrap();

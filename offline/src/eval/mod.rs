@@ -246,6 +246,10 @@ struct Pending {
     quality_pairs: [(Vec<f32>, Vec<f32>); 2],
     /// The unmarked stems' mid channels, for the external separator's SDR.
     original_mids: [Vec<f32>; 2],
+    /// For the re-use reading: the foreground separated from the marked mix, and the unmarked
+    /// background as it was in the mix (both stereo).
+    separated_foreground: Vec<Vec<f32>>,
+    background: Vec<Vec<f32>>,
     /// Per stem, the blocks with content (see [`content_blocks`]).
     content: [Vec<bool>; 2],
 }
@@ -277,6 +281,7 @@ pub fn evaluate_set(dir: &Path, setup: &Setup) -> Result<SetReport> {
         pb.inc(1);
     }
     pb.finish_and_clear();
+    reuse(&mut m, &mut pending, &mut r)?;
     if let Some(python) = setup.external {
         external_separator(python, &mut m.det, &pending, &mut r)?;
     }
@@ -301,6 +306,51 @@ pub fn evaluate_set(dir: &Path, setup: &Setup) -> Result<SetReport> {
         }
     }
     Ok(r)
+}
+
+/// Re-use: each item's separated marked foreground mixed into the next item's unmarked background
+/// (the scenario's items in a ring), separated and read as Stemmark Detect reads. Frees what it
+/// used.
+fn reuse(m: &mut Models, pending: &mut [Pending], r: &mut SetReport) -> Result<()> {
+    let pb = crate::cmd::progress("re-use");
+    pb.set_length(pending.len() as u64);
+    let mut by_scenario: std::collections::BTreeMap<String, Vec<usize>> = Default::default();
+    for (i, p) in pending.iter().enumerate() {
+        by_scenario.entry(p.scenario.clone()).or_default().push(i);
+    }
+    for (scenario, items) in &by_scenario {
+        if items.len() < 2 {
+            continue;
+        }
+        for (k, &i) in items.iter().enumerate() {
+            let bed = &pending[items[(k + 1) % items.len()]].background;
+            let stem = &pending[i].separated_foreground;
+            let len = stem[0].len().min(bed[0].len());
+            let mix: Vec<Vec<f32>> = (0..2).map(|c| (0..len).map(|j| stem[c][j] + bed[c][j]).collect()).collect();
+            let separated = m.sep.separate(&mix, &mut |_, _| {})?;
+            let mix_mid = Audio::new(SAMPLE_RATE, mix).mid();
+            let mids: Vec<Vec<f32>> = separated.into_iter().map(|x| Audio::new(SAMPLE_RATE, x).mid()).collect();
+            let paths: Vec<(&'static str, &[f32])> =
+                std::iter::once(("mix", mix_mid.as_slice())).chain(STEM_NAMES.iter().zip(&mids).map(|(n, x)| (*n, x.as_slice()))).collect();
+            let (key, payload) = (&pending[i].keys[0], pending[i].payloads[0]);
+            let one = m.det.detect_paths(&paths, std::slice::from_ref(key), Alignment::Fixed(0))?.remove(0);
+            if let Some(p) = one.decision.payload.filter(|&p| p != payload) {
+                tracing::warn!("wrong payload: re-used foreground of item {i} ({scenario}), carried by {}: read {p}, embedded {payload}", one.carried_by);
+            }
+            let c = r.scenarios.entry(scenario.clone()).or_default();
+            c.payload_reuse.tally(payload, &[one.decision.payload]);
+            if one.decision.payload == Some(payload) {
+                *c.reuse_carried_by.entry(one.carried_by.to_string()).or_default() += 1;
+            }
+            pb.inc(1);
+        }
+    }
+    pb.finish_and_clear();
+    for p in pending.iter_mut() {
+        p.separated_foreground = Vec::new();
+        p.background = Vec::new();
+    }
+    Ok(())
 }
 
 /// BER and payloads after Spleeter: its vocals carry the foreground, its accompaniment the
@@ -476,7 +526,9 @@ fn evaluate_item(
     double_mark(emb, det, &item.foreground, rng, r)?;
     r.blocks += (len / BLOCK) as u64;
     let original_mids = [0, 1].map(|s| originals[s].mid()[..len].to_vec());
-    Ok(Pending { scenario: item.scenario.clone(), mix, keys, payloads, quality_pairs, original_mids, content })
+    let background = originals[1].channels.iter().map(|c| c[..len].to_vec()).collect();
+    let separated_foreground = separated[0].clone();
+    Ok(Pending { scenario: item.scenario.clone(), mix, keys, payloads, quality_pairs, original_mids, separated_foreground, background, content })
 }
 
 /// Per grid block of a stem (grid from its first sample): whether it has content. A block where

@@ -79,6 +79,11 @@ pub struct ScenarioReport {
     /// external separator's (when it ran).
     pub sdr: [Vec<f64>; 2],
     pub sdr_external: [Vec<f64>; 2],
+    /// Re-use: the separated marked foreground mixed into another item's background, read as
+    /// Stemmark Detect reads (the key's one reading over that mix and its separated stems).
+    pub payload_reuse: PayloadCount,
+    /// Of those re-use readings that gave the right payload, which candidate carried it.
+    pub reuse_carried_by: std::collections::BTreeMap<String, u64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -366,6 +371,16 @@ impl Report {
         for r in &self.sets {
             for (i, stem) in STEMS.iter().enumerate() {
                 s += &format!("| {} | {stem} (all items) | {:.2} | {:.2} |\n", r.models.display(), mean(&r.separation[i].sdr), mean(&r.separation[i].si_sdr));
+            }
+        }
+        if self.sets.iter().any(|r| r.scenarios.values().any(|c| c.payload_reuse.items > 0)) {
+            s += "\n## Re-use: a separated marked foreground in another song\n\nEach item's foreground as the models' separator pulled it out of the marked mix, mixed into the next item's unmarked background (same scenario, both as they were in their mixes), then read as Stemmark Detect reads (the key's one reading over that mix, its separated stems and their joint). Correct / items (wrong payloads), and which reading carried the right payloads.\n\n| models | scenario | re-used foreground | carried by |\n|---|---|---:|---|\n";
+            for r in &self.sets {
+                for (scenario, c) in &r.scenarios {
+                    let carriers = c.reuse_carried_by.iter().map(|(k, n)| format!("{k} {n}")).collect::<Vec<_>>().join(", ");
+                    let p = c.payload_reuse;
+                    s += &format!("| {} | {scenario} | {}/{} ({}) | {carriers} |\n", r.models.display(), p.correct, p.items, p.wrong);
+                }
             }
         }
         s += "\n## Payloads and keys\n\nPayload correct / items (wrong payloads), per item, read after separation, on the mix, and as Stemmark Detect reports it (the key's one reading over the mix, both separated stems and their joint).\n\n| models | stem | after separation | on the mix | Stemmark Detect | BER wrong key % | false positives (95 % bound) |\n|---|---|---:|---:|---:|---:|---:|\n";
