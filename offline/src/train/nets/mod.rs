@@ -19,6 +19,8 @@ pub mod embedder;
 pub mod layers;
 #[cfg(feature = "train")]
 pub mod separator;
+#[cfg(feature = "train")]
+pub mod spleeter;
 
 #[cfg(all(test, feature = "train"))]
 mod net_tests;
