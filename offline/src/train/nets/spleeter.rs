@@ -163,7 +163,7 @@ fn istft(spec: &Tensor, w: &Tensor, len: i64) -> Tensor {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::onnx::graph::f32_to_f16;
+    use crate::onnx::graph::{f16_to_f32, f32_to_f16};
     use stemmark_models::runtime::Provider;
     use stemmark_models::separator::Separator;
 
@@ -177,7 +177,7 @@ mod tests {
             state ^= state << 17;
             let u = (state >> 40) as f32 / (1u64 << 24) as f32 - 0.5;
             let v = if name.ends_with("running_var") { 1.0 + u.abs() } else { 0.2 * u };
-            crate::train::export::f16_to_f32(f32_to_f16(v))
+            f16_to_f32(f32_to_f16(v))
         })
     }
 
