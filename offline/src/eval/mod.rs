@@ -451,15 +451,18 @@ fn evaluate_item(
     let origin = table.entry("Origin".to_string()).or_default();
     let mix_mid = crate::audio::Audio::new(SAMPLE_RATE, mix.clone()).mid();
     let separated_mids: Vec<Vec<f32>> = separated.iter().map(|x| Audio::new(SAMPLE_RATE, x.clone()).mid()).collect();
+    let mut original_mids: [Vec<f32>; 2] = Default::default();
     for s in 0..2 {
         let word = words[s];
         let est = Audio::new(SAMPLE_RATE, separated[s].clone());
-        let orig_mid = originals[s].mid();
+        let mut orig_mid = originals[s].mid();
+        orig_mid.truncate(len);
         let est_mid = est.mid();
-        let sdr = metrics::sdr(&orig_mid[..len], &est_mid);
+        let sdr = metrics::sdr(&orig_mid, &est_mid);
         r.separation[s].sdr.push(sdr);
         r.scenarios.entry(item.scenario.clone()).or_default().sdr[s].push(sdr);
-        r.separation[s].si_sdr.push(metrics::si_sdr(&orig_mid[..len], &est_mid));
+        r.separation[s].si_sdr.push(metrics::si_sdr(&orig_mid, &est_mid));
+        original_mids[s] = orig_mid;
         let alone_mid = marked[s].mid();
         let mut bits = [BitCount::default(); 3];
         for (k, audio) in [&alone_mid, &est_mid, &mix_mid].into_iter().enumerate() {
@@ -525,9 +528,8 @@ fn evaluate_item(
     r.scenarios.entry(item.scenario.clone()).or_default().items += 1;
     double_mark(emb, det, &item.foreground, rng, r)?;
     r.blocks += (len / BLOCK) as u64;
-    let original_mids = [0, 1].map(|s| originals[s].mid()[..len].to_vec());
     let background = originals[1].channels.iter().map(|c| c[..len].to_vec()).collect();
-    let separated_foreground = separated[0].clone();
+    let separated_foreground = separated.into_iter().next().unwrap_or_default();
     Ok(Pending { scenario: item.scenario.clone(), mix, keys, payloads, quality_pairs, original_mids, separated_foreground, background, content })
 }
 
