@@ -20,8 +20,12 @@ use crate::tile::{BlockFeature, Params, Patterns, TileDetectorModel};
 pub const SILENCE_DBFS: f32 = -70.0;
 /// Blocks per ONNX run.
 const BATCH: usize = 8;
-/// Coarse offset search step (9 hops = 50 ms), refined afterwards in single hops.
-const COARSE_STEP: usize = 9 * HOP;
+/// Coarse offset search step (4 hops = 22 ms), refined afterwards in single hops over the whole
+/// span to the neighbouring coarse points. A probe only scores a mark it is within about two hops
+/// of: with 9 hops (50 ms) a grid 3–5 hops from every coarse point was found at a wrong offset or
+/// not at all (a Stemmark Embed bounce from Ardour 7 read nothing, and z 72 once its grid was
+/// known); and the best coarse probe can still sit a few hops from the grid, hence the span.
+const COARSE_STEP: usize = 4 * HOP;
 /// Blocks the offset search looks at.
 const PROBE_BLOCKS: usize = 4;
 
@@ -175,7 +179,7 @@ impl Detector {
             }
         }
         let centre = best.1;
-        for k in 1..=COARSE_STEP / HOP / 2 {
+        for k in 1..=COARSE_STEP / HOP {
             for off in [(centre + BLOCK - k * HOP) % BLOCK, (centre + k * HOP) % BLOCK] {
                 if off + BLOCK <= mid.len() {
                     let z = score(self, off)?;

@@ -261,3 +261,30 @@ fn streaming_detection_on_the_grid_matches_file_detection() {
         assert!(r.decision.verdict != Verdict::Found || r.blocks[0] == BlockState::Marked);
     }
 }
+
+/// The grid search finds a mark wherever its grid lies between two coarse probe points. A probe
+/// reads a mark up to about two hops off its grid; with the old 9-hop coarse step a Stemmark Embed
+/// bounce from Ardour 7, whose grid sat 3 hops past a coarse point, was read nowhere. Here the
+/// marked music starts 2 to 9 hops into unmarked music, so its grid sits at every distance from
+/// the coarse points; the payload must be found at exactly that offset.
+#[test]
+fn the_offset_search_finds_a_grid_between_its_coarse_points() {
+    use stemmark_models::detector::Alignment;
+    use stemmark_models::spec::HOP;
+    let d = models();
+    let mut emb = Embedder::open(d.path(), Provider::Cpu).unwrap();
+    let mut det = Detector::open(d.path(), Provider::Cpu).unwrap();
+    let key = Key::from_bytes([9; 16], "lead");
+    let payload = 0x5a17e;
+    let marked = emb.embed(&testkit::music_like(44_100, 12.0, 21).channels, &key, payload, 1.0, &mut |_, _| {}).unwrap();
+    let before = testkit::music_like(44_100, 1.0, 22).channels;
+    for hops in 2..=9 {
+        let pad = hops * HOP;
+        let mid: Vec<f32> = (0..pad)
+            .map(|i| (before[0][i] + before[1][i]) / 2.0)
+            .chain(marked[0].iter().zip(&marked[1]).map(|(a, b)| (a + b) / 2.0))
+            .collect();
+        let r = det.detect(&mid, std::slice::from_ref(&key), Alignment::Search).unwrap().remove(0);
+        assert_eq!((r.decision.payload, r.offset), (Some(payload), pad), "grid {hops} hops in: {:?}", r.decision);
+    }
+}
