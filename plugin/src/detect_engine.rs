@@ -1,8 +1,9 @@
 //! The audio-thread side of Stemmark Detect: made in `activate()`, then it only copies each host
 //! buffer into the worker's ring (and marks timeline jumps). The host's audio is never touched,
 //! so output is bit-identical to input with zero latency. In real time a full ring drops the
-//! buffer (counted; the worker restarts on the grid); in offline render the audio thread waits for
-//! room instead, so every block of a bounce is analysed.
+//! buffer (counted; the worker restarts on the grid); in offline render, and while the host calls
+//! faster than real time (a bounce the host does not call offline, [`Pace`]), the audio thread
+//! waits for room instead and the worker keeps its backlog, so every block of a bounce is analysed.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -12,6 +13,7 @@ use std::time::{Duration, Instant};
 use rtrb::{Producer, RingBuffer};
 
 use crate::detect_worker::{DetectShared, DetectWorker};
+use crate::pace::Pace;
 use crate::params::DetectParams;
 use crate::timeline::Timeline;
 use crate::worker::Restart;
@@ -37,6 +39,7 @@ pub struct DetectEngine {
     timeline: Timeline,
     /// A restart (or the input after a full ring) still has to reach the worker.
     pending_restart: bool,
+    pace: Pace,
 }
 
 impl DetectEngine {
@@ -87,6 +90,7 @@ impl DetectEngine {
             seq: 0,
             timeline: Timeline::default(),
             pending_restart: false,
+            pace: Pace::new(rate),
         })
     }
 
@@ -127,11 +131,13 @@ impl DetectEngine {
             return;
         };
         let total = first.len();
+        let fast = self.pace.tick(total);
+        self.shared.fast.store(fast, Ordering::Relaxed);
         let mut start = 0;
         let mut position = position;
         while start < total {
             let n = (total - start).min(self.max_buffer);
-            self.process_chunk(channels, start, n, position);
+            self.process_chunk(channels, start, n, position, self.offline || fast);
             position = position.map(|p| p + n as i64);
             start += n;
         }
@@ -140,7 +146,8 @@ impl DetectEngine {
         }
     }
 
-    fn process_chunk(&mut self, buf: &[&mut [f32]], start: usize, n: usize, position: Option<i64>) {
+    /// `wait`: offline or faster than real time, so wait for room rather than drop.
+    fn process_chunk(&mut self, buf: &[&mut [f32]], start: usize, n: usize, position: Option<i64>, wait: bool) {
         if self.timeline.jumped(position, n) {
             self.restart();
         }
@@ -149,7 +156,7 @@ impl DetectEngine {
         }
         let ch = buf.len();
         if !self.pending_restart {
-            if self.offline && self.input.slots() < 2 * n {
+            if wait && self.input.slots() < 2 * n {
                 // A bounce must not lose a block: wait for the worker to make room.
                 let t0 = Instant::now();
                 while self.input.slots() < 2 * n

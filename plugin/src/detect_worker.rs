@@ -99,6 +99,8 @@ pub struct DetectShared {
     pub alive: AtomicBool,
     /// Input frames the audio thread had to drop (ring full in real time).
     pub dropped_frames: AtomicU64,
+    /// The host calls faster than real time (a bounce not called offline): keep the backlog.
+    pub fast: AtomicBool,
     pub provider: RwLock<Provider>,
     pub results: Mutex<Arc<Results>>,
 }
@@ -111,6 +113,7 @@ impl Default for DetectShared {
             finish: AtomicBool::new(false),
             alive: AtomicBool::new(false),
             dropped_frames: AtomicU64::new(0),
+            fast: AtomicBool::new(false),
             provider: RwLock::new(Provider::Cpu),
             results: Mutex::new(Arc::new(Results::default())),
         }
@@ -353,7 +356,7 @@ impl DetectWorker {
         }
         // Real time: rather than fall ever further behind, drop the backlog and say so.
         let backlog_max = (MAX_BACKLOG_SECONDS * self.rate as f64) as usize;
-        if !self.offline && avail.min(limit) > backlog_max {
+        if !self.offline && !self.shared.fast.load(Ordering::Relaxed) && avail.min(limit) > backlog_max {
             let drop = avail.min(limit) - CHUNK.min(avail.min(limit));
             if let Ok(chunk) = self.input.read_chunk(drop * CH) {
                 chunk.commit_all();
@@ -510,7 +513,11 @@ impl DetectWorker {
         // Writing after every block is cheap (a few kB every 2 s), but a flood of blocks in an
         // offline render is limited to one write per 100 ms; the final write always happens.
         let due = complete || w.last_write.is_none_or(|t| t.elapsed() > Duration::from_millis(100));
-        if due && let Some(path) = self.results_file() {
+        // A run that analysed nothing has nothing to say: a DAW that reactivates the plugin after
+        // an export (Ardour does, and runs it on a moment of silence before closing) must not
+        // replace the export's results with an empty analysis.
+        let heard = blocks > 0 || w.skipped + lost_blocks > 0 || w.error.is_some();
+        if due && heard && let Some(path) = self.results_file() {
             w.last_write = Some(Instant::now());
             if let Err(e) = write_json(&path, &results) {
                 nice_warn!("Stemmark Detect: cannot write {}: {e}", path.display());

@@ -3,7 +3,8 @@
 //! Each host buffer goes into the worker's input ring and into a dry delay line; the output is
 //! read from the worker's output ring, whose frame `o` is the marked input frame `o − latency`.
 //! In real time, when that frame is not there yet the buffer goes out as the delayed dry input
-//! and is counted as late; in offline render the audio thread waits for the worker instead. The
+//! and is counted as late; in offline render, and while the host calls faster than real time (a
+//! bounce the host does not call offline, [`Pace`]), the audio thread waits for the worker instead. The
 //! first `latency` frames after a restart (seek, loop, transport start, reset) are dry too: the
 //! new pipeline's output starts exactly there. Nothing here allocates, locks or blocks in real
 //! time (`unpark` is one atomic and at most a futex wake).
@@ -16,6 +17,7 @@ use std::time::{Duration, Instant};
 use rtrb::{Consumer, Producer, RingBuffer};
 
 use crate::latency::Latency;
+use crate::pace::Pace;
 use crate::params::EmbedParams;
 use crate::timeline::Timeline;
 use crate::worker::{CHUNK, Restart, Shared, Worker};
@@ -51,6 +53,9 @@ pub struct Engine {
     timeline: Timeline,
     /// A restart (or the input after a full ring) still has to reach the worker.
     pending_restart: bool,
+    /// Whether the host calls faster than real time (then it is waited for like offline).
+    pace: Pace,
+    fast: bool,
 }
 
 impl Engine {
@@ -119,6 +124,8 @@ impl Engine {
             dry_until: 0,
             timeline: Timeline::default(),
             pending_restart: false,
+            pace: Pace::new(rate),
+            fast: false,
         })
     }
 
@@ -159,6 +166,7 @@ impl Engine {
             return;
         };
         let total = first.len();
+        self.fast = self.pace.tick(total);
         // Hosts must not exceed the announced maximum, but if one does, take it in pieces.
         let mut start = 0;
         let mut position = position;
@@ -222,7 +230,8 @@ impl Engine {
         let need = n - dry_frames;
         // Frames for times already played (late ones, a restart's warm-up) are dropped.
         self.discard_until(want);
-        if need > 0 && self.offline {
+        let wait = self.offline || self.fast;
+        if need > 0 && wait {
             let t0 = Instant::now();
             while self.out_read < want || self.output.slots() < need * self.channels {
                 if !self.shared.alive.load(Ordering::Acquire) || t0.elapsed() > OFFLINE_WAIT {
@@ -255,7 +264,7 @@ impl Engine {
         let dry_to = if marked || need == 0 { dry_frames } else { n };
         // Only a missed marked buffer is "late"; without a key or model dry is the plan.
         if dry_to > dry_frames
-            && !self.offline
+            && !wait
             && self.shared.status.state() == crate::status::State::Marking
         {
             self.shared

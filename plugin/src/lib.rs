@@ -22,6 +22,7 @@ mod embed;
 mod engine;
 pub mod latency;
 mod locate;
+mod pace;
 mod params;
 pub mod status;
 mod timeline;
