@@ -329,14 +329,7 @@ mod tests {
 
     /// Random weights (fixed seed) small enough to keep the mask away from 0 and 1.
     fn random_unet() -> UNet {
-        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
-        UNet::from_fn(|name, _| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            let u = (state >> 40) as f32 / (1u64 << 24) as f32 - 0.5;
-            if name.ends_with("running_var") { 1.0 + u.abs() } else { 0.1 * u }
-        })
+        crate::train::nets::spleeter::random_unet(0x9e37_79b9_7f4a_7c15, 0.1, |v| v)
     }
 
     fn init_file(dir: &Path) -> PathBuf {

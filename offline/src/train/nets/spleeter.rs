@@ -172,6 +172,20 @@ fn istft(spec: &Tensor, w: &Tensor, len: i64) -> Tensor {
     acc.narrow(1, HALF, len) / weight.narrow(1, HALF, len)
 }
 
+/// A U-Net of xorshift weights from `seed`: `scale`·U(−½, ½), running variances 1 + |u|, each
+/// value passed through `finish` (tests).
+#[cfg(test)]
+pub(crate) fn random_unet(seed: u64, scale: f32, finish: impl Fn(f32) -> f32) -> UNet {
+    let mut state = seed;
+    UNet::from_fn(|name, _| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        let u = (state >> 40) as f32 / (1u64 << 24) as f32 - 0.5;
+        finish(if name.ends_with("running_var") { 1.0 + u.abs() } else { scale * u })
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -182,15 +196,7 @@ mod tests {
     /// Random weights that halves hold exactly, so the ONNX graph (which stores its convolutions
     /// as halves) and this net use the same numbers.
     fn random_net() -> UNet {
-        let mut state = 0x1234_5678_9abc_def1_u64;
-        UNet::from_fn(|name, _| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            let u = (state >> 40) as f32 / (1u64 << 24) as f32 - 0.5;
-            let v = if name.ends_with("running_var") { 1.0 + u.abs() } else { 0.2 * u };
-            f16_to_f32(f32_to_f16(v))
-        })
+        random_unet(0x1234_5678_9abc_def1, 0.2, |v| f16_to_f32(f32_to_f16(v)))
     }
 
     /// The libtorch net and the exported graph compute the same stems from the same weights, and
